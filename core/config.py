@@ -1,0 +1,148 @@
+"""Configuration: one TOML file (see bot.example.toml), validated with pydantic.
+
+Secrets never live in the file: it names environment variables (``api_key_env``,
+``token_env``) and the values are read from the environment when needed.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """The configuration file is missing, unreadable or invalid."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatabaseSettings(_Section):
+    path: str = "aipersona.db"
+    busy_timeout_ms: int = Field(10_000, ge=0)
+
+
+class LocalModelSettings(_Section):
+    model_path: str = ""
+    host: str = "127.0.0.1"
+    port: int = Field(0, ge=0, le=65535)
+    n_ctx: int = Field(4096, ge=512)
+    n_threads: int = Field(0, ge=0)
+    startup_timeout_seconds: float = Field(180.0, gt=0)
+
+
+class LLMSettings(_Section):
+    base_url: str = ""
+    model: str = "gpt-4o-mini"
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout_seconds: float = Field(60.0, gt=0)
+    max_retries: int = Field(2, ge=0, le=10)
+    temperature: float = Field(0.7, ge=0, le=2)
+    max_tokens: int = Field(1024, ge=1)
+    stream: bool = False
+    structured_output: Literal["auto", "json_schema", "json_object", "text"] = "auto"
+    tools: bool = True
+    local: LocalModelSettings = LocalModelSettings()
+
+    def api_key(self) -> str:
+        """The key from the environment; local servers accept any placeholder."""
+        return os.environ.get(self.api_key_env, "") or "not-needed"
+
+
+class PersonaSettings(_Section):
+    update_every: int = Field(3, ge=1)
+    disabled_fields: list[str] = []
+    optimizer_model: str = ""
+    optimizer_temperature: float = Field(0.2, ge=0, le=2)
+    optimizer_max_tokens: int = Field(1500, ge=64)
+    max_transcript_chars: int = Field(24_000, ge=1000)
+    max_update_attempts: int = Field(3, ge=1)
+
+
+class SessionSettings(_Section):
+    idle_minutes: float = Field(30.0, gt=0)
+    sweep_seconds: float = Field(60.0, gt=0)
+    history_messages: int = Field(20, ge=0)
+    history_token_budget: int = Field(3000, ge=0)
+    max_input_chars: int = Field(8000, ge=1)
+
+
+class ChatSettings(_Section):
+    system_prompt: str = (
+        "You are a helpful, friendly assistant. Personalize your answers to the user's "
+        "persona when it is relevant, without reciting it."
+    )
+    apology: str = "Sorry, I can't answer right now. Your message is saved; please try again."
+
+
+class ToolSettings(_Section):
+    enabled: bool = True
+    max_rounds: int = Field(4, ge=1, le=20)
+    timeout_seconds: float = Field(15.0, gt=0)
+    disabled: list[str] = []
+
+
+class PluginSettings(_Section):
+    model_config = ConfigDict(extra="allow")
+
+    modules: list[str] = []
+    entry_points: bool = True
+    disabled: list[str] = []
+
+    def settings_for(self, name: str) -> dict[str, Any]:
+        """Settings of one plugin: the ``[plugins.NAME]`` table."""
+        value = (self.model_extra or {}).get(name, {})
+        return value if isinstance(value, dict) else {}
+
+
+class Config(_Section):
+    model_config = ConfigDict(extra="forbid")
+
+    database: DatabaseSettings = DatabaseSettings()
+    llm: LLMSettings = LLMSettings()
+    persona: PersonaSettings = PersonaSettings()
+    sessions: SessionSettings = SessionSettings()
+    chat: ChatSettings = ChatSettings()
+    tools: ToolSettings = ToolSettings()
+    plugins: PluginSettings = PluginSettings()
+    discord: dict[str, Any] = {}
+    telegram: dict[str, Any] = {}
+    bench: dict[str, Any] = {}
+    logging: dict[str, Any] = {}
+
+    source: str = Field("", exclude=True)
+
+    @classmethod
+    def load(cls, path: str | Path | None) -> Config:
+        """Load a TOML file; ``None`` gives the defaults (local model, ./aipersona.db)."""
+        if path is None:
+            return cls()
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {p}") from None
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config {p}: {exc}") from None
+        return cls.from_dict(data, source=str(p))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "<dict>") -> Config:
+        try:
+            cfg = cls.model_validate(data)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in exc.errors()
+            )
+            raise ConfigError(f"invalid config {source}: {problems}") from None
+        cfg.source = source
+        if cfg.database.path != ":memory:" and source not in ("<dict>", ""):
+            db = Path(cfg.database.path).expanduser()
+            if not db.is_absolute():
+                cfg.database.path = str(Path(source).resolve().parent / db)
+        return cfg

@@ -1,0 +1,175 @@
+"""SQLite through aiosqlite: connection set-up, write transactions and migrations.
+
+One connection per process. aiosqlite runs every statement on one worker thread, so a
+transaction must not interleave with another coroutine's: all writes go through
+``Database.write()``, which serializes them with an asyncio lock and uses
+``BEGIN IMMEDIATE`` so that several processes on one file queue on SQLite's busy timeout
+instead of failing half-way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import aiosqlite
+
+log = logging.getLogger(__name__)
+
+_MIGRATION_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+LOCK_RETRIES = 8
+
+
+class MigrationError(RuntimeError):
+    """A migration failed and was rolled back."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def bundled_migrations() -> list[Migration]:
+    """The ``NNNN_name.sql`` files shipped in ``aipersona.migrations``, in order."""
+    out = []
+    for entry in resources.files("aipersona.migrations").iterdir():
+        m = _MIGRATION_RE.match(entry.name)
+        if m:
+            out.append(Migration(int(m.group(1)), m.group(2), entry.read_text(encoding="utf-8")))
+    out.sort(key=lambda mig: mig.version)
+    versions = [mig.version for mig in out]
+    if len(set(versions)) != len(versions):
+        raise MigrationError(f"duplicate migration numbers: {versions}")
+    return out
+
+
+def split_statements(sql: str) -> list[str]:
+    """Split a script into complete statements (sqlite3.complete_statement decides)."""
+    statements, buf = [], ""
+    for line in sql.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            if buf.strip() and not all(
+                ln.strip().startswith("--") or not ln.strip() for ln in buf.splitlines()
+            ):
+                statements.append(buf.strip())
+            buf = ""
+    if buf.strip() and not all(
+        ln.strip().startswith("--") or not ln.strip() for ln in buf.splitlines()
+    ):
+        raise MigrationError(f"incomplete SQL statement at end of migration: {buf.strip()[:80]}")
+    return statements
+
+
+def _ensure_parent(path: str) -> None:
+    Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+class Database:
+    """An open aiosqlite connection with the project's pragmas."""
+
+    def __init__(self, conn: aiosqlite.Connection, path: str) -> None:
+        self.conn = conn
+        self.path = path
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: str | Path, *, busy_timeout_ms: int = 10_000) -> Database:
+        path = str(path)
+        if path != ":memory:":
+            await asyncio.to_thread(_ensure_parent, path)
+        conn = await aiosqlite.connect(path, isolation_level=None)
+        conn.row_factory = aiosqlite.Row
+        await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        if path != ":memory:":
+            await conn.execute("PRAGMA journal_mode = WAL")
+        await conn.execute("PRAGMA synchronous = NORMAL")
+        await conn.execute("PRAGMA foreign_keys = ON")
+        return cls(conn, path)
+
+    async def close(self) -> None:
+        await self.conn.close()
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[aiosqlite.Connection]:
+        """A serialized ``BEGIN IMMEDIATE`` transaction: commit on success, else roll back."""
+        async with self._write_lock:
+            await self._begin()
+            try:
+                yield self.conn
+            except BaseException:
+                await self.conn.rollback()
+                raise
+            else:
+                await self.conn.commit()
+
+    async def _begin(self) -> None:
+        delay = 0.05
+        for attempt in range(LOCK_RETRIES):
+            try:
+                await self.conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if attempt == LOCK_RETRIES - 1:
+                    raise
+                log.warning("database busy, retrying (%d/%d)", attempt + 1, LOCK_RETRIES)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def fetchone(self, sql: str, params: tuple = ()) -> aiosqlite.Row | None:
+        async with self.conn.execute(sql, params) as cur:
+            return await cur.fetchone()
+
+    async def fetchall(self, sql: str, params: tuple = ()) -> list[aiosqlite.Row]:
+        async with self.conn.execute(sql, params) as cur:
+            return list(await cur.fetchall())
+
+    # -- migrations -----------------------------------------------------------------------
+
+    async def applied_migrations(self) -> dict[int, str]:
+        await self.conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+        )
+        rows = await self.fetchall("SELECT version, name FROM schema_migrations")
+        return {row["version"]: row["name"] for row in rows}
+
+    async def migrate(self, migrations: list[Migration] | None = None) -> list[Migration]:
+        """Apply the migrations not yet applied, each in its own transaction."""
+        migrations = bundled_migrations() if migrations is None else migrations
+        done = await self.applied_migrations()
+        applied = []
+        for mig in migrations:
+            if mig.version in done:
+                continue
+            async with self._write_lock:
+                await self._begin()
+                try:
+                    for statement in split_statements(mig.sql):
+                        await self.conn.execute(statement)
+                    await self.conn.execute(
+                        "INSERT INTO schema_migrations (version, name, applied_at)"
+                        " VALUES (?, ?, ?)",
+                        (mig.version, mig.name, time.time()),
+                    )
+                except Exception as exc:
+                    await self.conn.rollback()
+                    raise MigrationError(
+                        f"migration {mig.version:04d}_{mig.name} failed and was rolled back: {exc}"
+                    ) from exc
+                await self.conn.commit()
+            log.info("applied migration %04d_%s", mig.version, mig.name)
+            applied.append(mig)
+        return applied

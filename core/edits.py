@@ -1,0 +1,111 @@
+"""Field-level persona edits: what the optimizer, tools and commands ask for, and their effect."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .schema import FieldSpec, FieldValidationError, PersonaSchema, clean_text
+
+Op = Literal["set", "append", "remove", "delete"]
+OPS: tuple[str, ...] = ("set", "append", "remove", "delete")
+MAX_EVIDENCE_CHARS = 500
+_MISSING: Any = object()
+
+
+@dataclass
+class Edit:
+    """A requested change of one field."""
+
+    field: str
+    op: Op
+    value: Any = None
+    evidence: str = ""
+
+    @classmethod
+    def from_json(cls, raw: Any) -> Edit:
+        """Build from untrusted JSON (an LLM reply or tool arguments)."""
+        if not isinstance(raw, dict):
+            raise FieldValidationError(f"an edit must be an object, got {type(raw).__name__}")
+        name = raw.get("field")
+        op = raw.get("op", "set")
+        if not isinstance(name, str) or not name.strip():
+            raise FieldValidationError("an edit needs a 'field' string")
+        if op not in OPS:
+            raise FieldValidationError(f"{name}: op must be one of {', '.join(OPS)}, got {op!r}")
+        evidence = raw.get("evidence", "")
+        if not isinstance(evidence, str):
+            evidence = json.dumps(evidence, ensure_ascii=False)
+        return cls(name.strip(), op, raw.get("value"), clean_text(evidence)[:MAX_EVIDENCE_CHARS])
+
+
+@dataclass
+class Change:
+    """An applied edit: one new version of one field."""
+
+    field: str
+    op: str
+    old_value: Any
+    new_value: Any  # None when the field was deleted
+    evidence: str = ""
+    source: str = ""
+    session_ids: list[int] = field(default_factory=list)
+    version: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "field": self.field,
+            "op": self.op,
+            "old_value": self.old_value,
+            "new_value": self.new_value,
+            "evidence": self.evidence,
+            "source": self.source,
+            "session_ids": self.session_ids,
+            "version": self.version,
+        }
+
+
+@dataclass
+class Rejected:
+    """An edit that was not applied, and why."""
+
+    edit: Any
+    reason: str
+
+
+def resolve(edit: Edit, schema: PersonaSchema, current: dict[str, Any]) -> tuple[FieldSpec, Any]:
+    """Return (spec, new value) for ``edit`` on ``current`` (None means: delete the field).
+
+    Raises FieldValidationError with a readable reason when the edit does not fit the schema.
+    A result equal to the current value means: nothing to do.
+    """
+    spec = schema.get(edit.field)
+    old = current.get(spec.name, _MISSING)
+    if edit.op == "delete":
+        return spec, None
+    if edit.value is None:
+        raise FieldValidationError(f"{spec.name}: op {edit.op!r} needs a value")
+    if edit.op == "set":
+        return spec, spec.validate(edit.value)
+    if edit.op == "append":
+        if spec.type == "string_list":
+            base = old if isinstance(old, list) else []
+            return spec, spec.validate([*base, *spec.validate(edit.value)])
+        if spec.type == "string":
+            addition = spec.validate(edit.value)
+            if old is _MISSING or not old:
+                return spec, addition
+            if addition.casefold() in str(old).casefold():
+                return spec, old
+            return spec, spec.validate(f"{old}; {addition}")
+        raise FieldValidationError(f"{spec.name}: cannot append to a {spec.type} field")
+    # remove
+    if spec.type != "string_list":
+        raise FieldValidationError(
+            f"{spec.name}: 'remove' works on list fields; use 'delete' to clear a {spec.type}"
+        )
+    gone = {v.casefold() for v in spec.validate(edit.value)}
+    base = old if isinstance(old, list) else []
+    kept = [v for v in base if v.casefold() not in gone]
+    return spec, (kept or None)

@@ -1,0 +1,332 @@
+"""The LLM client: the ``openai`` library against any OpenAI-compatible endpoint.
+
+Retries with exponential backoff (honouring ``Retry-After``) and timeouts are the openai
+client's own (``max_retries``, ``timeout``). Every failure is raised as ``LLMError`` whose
+message is safe to log: it never contains the API key or the prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import openai
+from openai import AsyncOpenAI
+
+from .config import LLMSettings
+
+log = logging.getLogger(__name__)
+
+
+class LLMError(RuntimeError):
+    """The endpoint failed, timed out, or answered something unusable."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class StructuredOutputError(LLMError):
+    """The reply was not the JSON that was asked for."""
+
+
+@dataclass
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # raw JSON text, as the model wrote it
+
+
+@dataclass
+class Completion:
+    content: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def assistant_message(self) -> dict[str, Any]:
+        """The reply as a message to put back into the conversation."""
+        msg: dict[str, Any] = {"role": "assistant", "content": self.content or None}
+        if self.tool_calls:
+            msg["tool_calls"] = [
+                {
+                    "id": tc.id,
+                    "type": "function",
+                    "function": {"name": tc.name, "arguments": tc.arguments},
+                }
+                for tc in self.tool_calls
+            ]
+        elif msg["content"] is None:
+            msg["content"] = ""
+        return msg
+
+
+@dataclass
+class StreamEvent:
+    """A piece of a streamed reply: a text delta, or (at the end) the whole completion."""
+
+    delta: str = ""
+    completion: Completion | None = None
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short, secret-free description of an openai exception."""
+    if isinstance(exc, openai.APITimeoutError):
+        return "the model endpoint timed out"
+    if isinstance(exc, openai.APIConnectionError):
+        return "cannot reach the model endpoint"
+    if isinstance(exc, openai.RateLimitError):
+        return "the model endpoint is rate limiting (429)"
+    if isinstance(exc, openai.AuthenticationError):
+        return "the model endpoint refused the API key (401); check the api_key_env variable"
+    if isinstance(exc, openai.APIStatusError):
+        return f"the model endpoint answered HTTP {exc.status_code}"
+    return f"model call failed: {type(exc).__name__}"
+
+
+_JSON_BLOCK_RE = re.compile(r"```(?:json)?\s*(\{.*?\})\s*```", re.DOTALL)
+
+
+def extract_json_object(text: str) -> Any:
+    """Parse a JSON object from model text: whole text, a fenced block, or the first {...}."""
+    text = (text or "").strip()
+    candidates = [text]
+    candidates += _JSON_BLOCK_RE.findall(text)
+    start = text.find("{")
+    if start >= 0:
+        depth, in_str, esc = 0, False, False
+        for i in range(start, len(text)):
+            ch = text[i]
+            if in_str:
+                if esc:
+                    esc = False
+                elif ch == "\\":
+                    esc = True
+                elif ch == '"':
+                    in_str = False
+            elif ch == '"':
+                in_str = True
+            elif ch == "{":
+                depth += 1
+            elif ch == "}":
+                depth -= 1
+                if depth == 0:
+                    candidates.append(text[start : i + 1])
+                    break
+    for cand in candidates:
+        try:
+            value = json.loads(cand)
+        except (json.JSONDecodeError, ValueError):
+            continue
+        if isinstance(value, dict):
+            return value
+    raise StructuredOutputError("the model reply holds no JSON object", retryable=True)
+
+
+class LLMClient:
+    """A thin async wrapper over ``openai.AsyncOpenAI`` chat completions."""
+
+    def __init__(self, settings: LLMSettings, *, base_url: str | None = None) -> None:
+        self.settings = settings
+        self.base_url = base_url or settings.base_url or None
+        self.client = AsyncOpenAI(
+            api_key=settings.api_key(),
+            base_url=self.base_url,
+            timeout=settings.timeout_seconds,
+            max_retries=settings.max_retries,
+        )
+        # in "auto" mode: the structured-output mode this server was found to accept
+        self._json_mode: str | None = None
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    def _params(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None,
+        model: str | None,
+        temperature: float | None,
+        max_tokens: int | None,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "model": model or self.settings.model,
+            "messages": messages,
+            "temperature": self.settings.temperature if temperature is None else temperature,
+            "max_tokens": max_tokens or self.settings.max_tokens,
+        }
+        if tools:
+            params["tools"] = tools
+        if extra:
+            params.update(extra)
+        return params
+
+    async def complete(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        model: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        response_format: dict[str, Any] | None = None,
+    ) -> Completion:
+        extra = {"response_format": response_format} if response_format else None
+        params = self._params(
+            messages,
+            tools=tools,
+            model=model,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            extra=extra,
+        )
+        try:
+            resp = await self.client.chat.completions.create(**params)
+        except openai.OpenAIError as exc:
+            raise self._wrap(exc) from exc
+        if not getattr(resp, "choices", None):
+            raise LLMError("the model endpoint returned no choices")
+        choice = resp.choices[0]
+        msg = choice.message
+        out = Completion(content=msg.content or "", finish_reason=choice.finish_reason)
+        for tc in msg.tool_calls or []:
+            fn = getattr(tc, "function", None)
+            if fn is None:
+                continue
+            out.tool_calls.append(
+                ToolCall(tc.id or f"call_{len(out.tool_calls)}", fn.name, fn.arguments or "{}")
+            )
+        if resp.usage:
+            out.prompt_tokens = resp.usage.prompt_tokens or 0
+            out.completion_tokens = resp.usage.completion_tokens or 0
+        return out
+
+    async def stream(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        model: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+    ) -> AsyncIterator[StreamEvent]:
+        """Yield text deltas as they arrive, then one event carrying the full completion."""
+        params = self._params(
+            messages, tools=tools, model=model, temperature=temperature, max_tokens=max_tokens
+        )
+        params["stream"] = True
+        out = Completion()
+        calls: dict[int, dict[str, str]] = {}
+        try:
+            stream = await self.client.chat.completions.create(**params)
+            async for chunk in stream:
+                if getattr(chunk, "usage", None):
+                    out.prompt_tokens = chunk.usage.prompt_tokens or 0
+                    out.completion_tokens = chunk.usage.completion_tokens or 0
+                if not chunk.choices:
+                    continue
+                choice = chunk.choices[0]
+                delta = choice.delta
+                if choice.finish_reason:
+                    out.finish_reason = choice.finish_reason
+                if delta is None:
+                    continue
+                if delta.content:
+                    out.content += delta.content
+                    yield StreamEvent(delta=delta.content)
+                for tc in delta.tool_calls or []:
+                    slot = calls.setdefault(tc.index, {"id": "", "name": "", "arguments": ""})
+                    if tc.id:
+                        slot["id"] = tc.id
+                    if tc.function is not None:
+                        slot["name"] += tc.function.name or ""
+                        slot["arguments"] += tc.function.arguments or ""
+        except openai.OpenAIError as exc:
+            raise self._wrap(exc) from exc
+        if out.finish_reason is None and not out.content and not calls:
+            raise LLMError("the model stream ended before any answer")
+        for index in sorted(calls):
+            slot = calls[index]
+            out.tool_calls.append(
+                ToolCall(slot["id"] or f"call_{index}", slot["name"], slot["arguments"] or "{}")
+            )
+        yield StreamEvent(completion=out)
+
+    async def complete_json(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        schema: dict[str, Any],
+        name: str,
+        model: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+    ) -> tuple[Any, Completion]:
+        """Ask for a JSON object matching ``schema``; return (parsed object, completion).
+
+        Mode ``json_schema`` sends ``response_format={"type": "json_schema", ...}``; a server
+        that rejects it (HTTP 400/422) is retried with ``json_object`` and then with plain
+        text, from which the first JSON object is extracted. In ``auto`` mode the working
+        mode is remembered for the rest of the process.
+        """
+        if self.settings.structured_output != "auto":
+            modes = [self.settings.structured_output]
+        else:
+            modes = ["json_schema", "json_object", "text"]
+            if self._json_mode is not None:
+                modes = modes[modes.index(self._json_mode) :]
+        last: LLMError | None = None
+        for mode in modes:
+            response_format: dict[str, Any] | None = None
+            if mode == "json_schema":
+                response_format = {
+                    "type": "json_schema",
+                    "json_schema": {"name": name, "schema": schema, "strict": False},
+                }
+            elif mode == "json_object":
+                # "schema" is honoured by llama.cpp (grammar-constrained), ignored elsewhere
+                response_format = {"type": "json_object", "schema": schema}
+            try:
+                completion = await self.complete(
+                    messages,
+                    model=model,
+                    temperature=temperature,
+                    max_tokens=max_tokens,
+                    response_format=response_format,
+                )
+            except LLMError as exc:
+                if mode != "text" and _rejects_response_format(exc):
+                    log.info("endpoint rejected response_format %s; falling back", mode)
+                    last = exc
+                    continue
+                raise
+            if self.settings.structured_output == "auto":
+                self._json_mode = mode
+            return extract_json_object(completion.content), completion
+        raise last or LLMError("no structured output mode worked")
+
+    def _wrap(self, exc: openai.OpenAIError) -> LLMError:
+        status = getattr(exc, "status_code", None)
+        retryable = not isinstance(
+            exc, openai.AuthenticationError | openai.PermissionDeniedError | openai.NotFoundError
+        )
+        err = LLMError(describe_error(exc), retryable=retryable)
+        err.status_code = status  # type: ignore[attr-defined]
+        err.detail = str(getattr(exc, "body", None) or "")[:1000]  # type: ignore[attr-defined]
+        return err
+
+
+def _rejects_response_format(exc: LLMError) -> bool:
+    """Did the server refuse the request because of ``response_format``?"""
+    status = getattr(exc, "status_code", None)
+    if status in (400, 404, 415, 422):
+        return True
+    detail = getattr(exc, "detail", "")
+    return status == 500 and ("response_format" in detail or "json_schema" in detail)

@@ -1,0 +1,246 @@
+"""The Tool Executor: OpenAI function calling with built-in persona tools and plugin tools.
+
+A tool that raises, times out, or gets malformed arguments produces an error *result* that is
+given back to the model; the turn goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from .edits import Change, Edit, Rejected
+from .schema import PersonaSchema
+
+if TYPE_CHECKING:
+    from .personas import Identity, Persona
+
+log = logging.getLogger(__name__)
+
+MAX_RESULT_CHARS = 8000
+
+
+ApplyEdits = Callable[[list[Edit], str], Awaitable[tuple[list[Change], list[Rejected]]]]
+
+
+@dataclass
+class ToolContext:
+    """Who a turn is for. Persona tools act only on this person; there is no way to name
+    another user in a tool call."""
+
+    persona_id: int
+    identity: Identity
+    chat_id: str
+    session_id: int | None = None
+    load_persona: Callable[[], Awaitable[Persona]] | None = None
+    apply_edits: (
+        Callable[[list[Edit], str], Awaitable[tuple[list[Change], list[Rejected]]]] | None
+    ) = None
+    schema: PersonaSchema | None = None
+
+
+Handler = Callable[..., Any]
+
+
+@dataclass
+class Tool:
+    """A function the chatbot may call. ``handler(context, **arguments)`` may be async."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    handler: Handler
+    timeout: float | None = None
+    source: str = "builtin"
+
+    def openai_spec(self) -> dict[str, Any]:
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": self.parameters,
+            },
+        }
+
+
+@dataclass
+class ToolResult:
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+    result: Any = None
+    error: str | None = None
+
+    def message(self) -> dict[str, Any]:
+        payload = {"error": self.error} if self.error else {"result": self.result}
+        text = json.dumps(payload, ensure_ascii=False, default=str)
+        if len(text) > MAX_RESULT_CHARS:
+            text = text[:MAX_RESULT_CHARS] + "... [truncated]"
+        return {"role": "tool", "tool_call_id": self.call_id, "content": text}
+
+
+@dataclass
+class ToolExecutor:
+    pm: pluggy.PluginManager
+    default_timeout: float = 15.0
+    tools: dict[str, Tool] = field(default_factory=dict)
+
+    def register(self, tool: Tool) -> None:
+        if tool.name in self.tools:
+            raise ValueError(
+                f"tool {tool.name!r} is registered twice ({self.tools[tool.name].source} and "
+                f"{tool.source})"
+            )
+        self.tools[tool.name] = tool
+
+    def specs(self) -> list[dict[str, Any]]:
+        return [t.openai_spec() for t in self.tools.values()]
+
+    def describe(self) -> str:
+        return "\n".join(f"- {t.name}: {t.description}" for t in self.tools.values())
+
+    async def call(
+        self, context: ToolContext, call_id: str, name: str, raw_arguments: str
+    ) -> ToolResult:
+        """Run one tool call; never raises for tool failures."""
+        result = ToolResult(call_id, name, {})
+        tool = self.tools.get(name)
+        try:
+            args = json.loads(raw_arguments or "{}")
+            if not isinstance(args, dict):
+                raise ValueError("arguments must be a JSON object")
+            result.arguments = args
+        except (json.JSONDecodeError, ValueError) as exc:
+            result.error = f"invalid arguments for {name}: {exc}"
+        if tool is None and result.error is None:
+            result.error = f"unknown tool {name!r}; available: {', '.join(self.tools) or 'none'}"
+        if result.error is None and tool is not None:
+            try:
+                override = self.pm.hook.aipersona_before_tool_call(
+                    context=context, name=name, arguments=result.arguments
+                )
+                if override is not None:
+                    result.result = override
+                else:
+                    result.result = await self._run(tool, context, result.arguments)
+            except asyncio.CancelledError:
+                raise
+            except TimeoutError:
+                result.error = f"tool {name} timed out"
+            except TypeError as exc:
+                result.error = f"bad arguments for {name}: {exc}"
+            except Exception as exc:
+                log.warning("tool %s failed: %s", name, exc, exc_info=True)
+                result.error = f"tool {name} failed: {type(exc).__name__}: {exc}"
+        try:
+            self.pm.hook.aipersona_after_tool_call(
+                context=context,
+                name=name,
+                arguments=result.arguments,
+                result=result.result,
+                error=result.error,
+            )
+        except Exception:
+            log.exception("aipersona_after_tool_call hook failed")
+        return result
+
+    async def _run(self, tool: Tool, context: ToolContext, args: dict[str, Any]) -> Any:
+        timeout = tool.timeout or self.default_timeout
+
+        async def invoke() -> Any:
+            value = tool.handler(context, **args)
+            if inspect.isawaitable(value):
+                value = await value
+            return value
+
+        async with asyncio.timeout(timeout):
+            return await invoke()
+
+
+# -- built-in persona tools ----------------------------------------------------------------
+
+
+async def _get_persona(ctx: ToolContext) -> dict[str, Any]:
+    assert ctx.load_persona is not None
+    persona = await ctx.load_persona()
+    return persona.nested()
+
+
+async def _update_field(
+    ctx: ToolContext, field: str, value: Any, op: str = "set", evidence: str = ""
+) -> dict[str, Any]:
+    assert ctx.apply_edits is not None
+    edit = Edit.from_json({"field": field, "op": op, "value": value, "evidence": evidence})
+    changes, rejected = await ctx.apply_edits([edit], "tool")
+    if rejected:
+        raise ValueError(rejected[0].reason)
+    if not changes:
+        return {"changed": False, "field": field, "note": "value already recorded"}
+    ch = changes[0]
+    return {"changed": True, "field": ch.field, "value": ch.new_value, "version": ch.version}
+
+
+async def _forget_field(ctx: ToolContext, field: str) -> dict[str, Any]:
+    assert ctx.apply_edits is not None
+    changes, rejected = await ctx.apply_edits(
+        [Edit(field, "delete", None, "user asked to forget")], "tool"
+    )
+    if rejected:
+        raise ValueError(rejected[0].reason)
+    return {"forgotten": bool(changes), "field": field}
+
+
+def builtin_tools(schema: PersonaSchema) -> list[Tool]:
+    names = [spec.name for spec in schema.ordered()]
+    return [
+        Tool(
+            "get_persona",
+            "Read the current user's stored persona (profile). Takes no arguments.",
+            {"type": "object", "properties": {}, "additionalProperties": False},
+            _get_persona,
+        ),
+        Tool(
+            "update_persona_field",
+            "Record a lasting fact about the current user the moment they state it (their "
+            "name, age, job, interests, preferences...). Only for what the user said about "
+            "themselves; never for instructions.",
+            {
+                "type": "object",
+                "properties": {
+                    "field": {"type": "string", "enum": names},
+                    "value": {
+                        "description": "new value: text, an integer, or a list of texts",
+                        "anyOf": [
+                            {"type": "string"},
+                            {"type": "integer"},
+                            {"type": "array", "items": {"type": "string"}},
+                        ],
+                    },
+                    "op": {"type": "string", "enum": ["set", "append", "remove"]},
+                    "evidence": {"type": "string", "description": "the user's words"},
+                },
+                "required": ["field", "value"],
+                "additionalProperties": False,
+            },
+            _update_field,
+        ),
+        Tool(
+            "forget_persona_field",
+            "Delete one field of the current user's persona (when they ask you to forget it).",
+            {
+                "type": "object",
+                "properties": {"field": {"type": "string", "enum": names}},
+                "required": ["field"],
+                "additionalProperties": False,
+            },
+            _forget_field,
+        ),
+    ]

@@ -1,0 +1,74 @@
+"""Example plugin: an append-only JSONL audit log of persona changes and tool calls.
+
+Enable with ``[plugins] modules = ["aipersona.plugins.audit_log"]`` and set the file with
+``[plugins.audit_log] path = "audit.jsonl"``. Each line is one event: ``persona_update``
+(field, old and new value, source, evidence, session ids) or ``tool_call`` (name, error).
+Tool arguments and results are not written: they may hold personal data the log should not
+copy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from aipersona.core.hooks import hookimpl
+
+log = logging.getLogger(__name__)
+
+
+class AuditLog:
+    def __init__(self) -> None:
+        self.path: Path | None = None
+        self._lock = threading.Lock()
+
+    def configure(self, settings: dict[str, Any], default_dir: Path) -> None:
+        self.path = Path(settings.get("path") or default_dir / "aipersona-audit.jsonl")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, event: dict[str, Any]) -> None:
+        if self.path is None:
+            return
+        line = json.dumps({"ts": time.time(), **event}, ensure_ascii=False, default=str)
+        with self._lock, self.path.open("a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+
+
+AUDIT = AuditLog()
+
+
+@hookimpl
+def aipersona_startup(core: Any, settings: dict[str, Any]) -> None:
+    db = Path(core.config.database.path)
+    AUDIT.configure(settings, db.parent if db.name != ":memory:" else Path.cwd())
+    log.info("audit log: %s", AUDIT.path)
+
+
+@hookimpl
+def aipersona_after_persona_update(persona: Any, changes: list[Any], source: str) -> None:
+    for ch in changes:
+        AUDIT.write(
+            {
+                "event": "persona_update",
+                "persona_id": persona.id,
+                "field": ch.field,
+                "op": ch.op,
+                "old_value": ch.old_value,
+                "new_value": ch.new_value,
+                "version": ch.version,
+                "source": source,
+                "evidence": ch.evidence,
+                "session_ids": ch.session_ids,
+            }
+        )
+
+
+@hookimpl
+def aipersona_after_tool_call(context: Any, name: str, error: str | None) -> None:
+    AUDIT.write(
+        {"event": "tool_call", "persona_id": context.persona_id, "tool": name, "error": error}
+    )

@@ -1,0 +1,48 @@
+"""Shared fixtures: a fake OpenAI-compatible server and a PersonaCore wired to it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aipersona.core.config import Config
+from aipersona.core.engine import PersonaCore
+
+from tests.fakes.openai_server import FakeOpenAI
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def make_config(db_path: Path, base_url: str, **overrides: Any) -> Config:
+    data: dict[str, Any] = {
+        "database": {"path": str(db_path)},
+        "llm": {
+            "base_url": base_url,
+            "model": "fake-model",
+            "max_retries": 0,
+            "timeout_seconds": 5,
+        },
+        "sessions": {"sweep_seconds": 3600},
+    }
+    for section, values in overrides.items():
+        data.setdefault(section, {}).update(values)
+    return Config.from_dict(data)
+
+
+@pytest.fixture
+async def fake_llm() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as fake:
+        yield fake
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "persona.db"
+
+
+@pytest.fixture
+async def core(fake_llm: FakeOpenAI, db_path: Path) -> AsyncIterator[PersonaCore]:
+    async with PersonaCore(make_config(db_path, fake_llm.base_url)) as c:
+        yield c

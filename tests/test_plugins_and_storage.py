@@ -1,0 +1,355 @@
+"""Plugins and hooks, storage (migrations, versions, rollback, link, delete) and the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aipersona.core.db import Database, Migration, MigrationError, bundled_migrations
+from aipersona.core.edits import Edit
+from aipersona.core.engine import PersonaCore
+from aipersona.core.hooks import hookimpl
+from aipersona.core.personas import Identity
+from aipersona.core.schema import FieldSpec
+from aipersona.core.tools import Tool
+
+from tests.conftest import make_config
+from tests.fakes.openai_server import FakeOpenAI, Json, Tools, system_text
+
+ALICE = Identity("cli", "alice")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Recorder:
+    """A third-party plugin written as a class, recording every hook it receives."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+
+    @hookimpl
+    def aipersona_persona_fields(self) -> list[dict[str, Any]]:
+        return [{"name": "Hobby.Pet_Name", "type": "string", "description": "pet's name"}]
+
+    @hookimpl
+    def aipersona_tools(self) -> list[Tool]:
+        def boom(ctx: Any) -> None:
+            raise RuntimeError("kaput")
+
+        async def slow(ctx: Any) -> str:
+            await asyncio.sleep(5)
+            return "late"
+
+        return [
+            Tool("boom", "always fails", {"type": "object", "properties": {}}, boom),
+            Tool("slow", "too slow", {"type": "object", "properties": {}}, slow, timeout=0.1),
+        ]
+
+    @hookimpl
+    def aipersona_message_received(self, text: str) -> None:
+        self.events.append(("message", text))
+
+    @hookimpl
+    def aipersona_before_persona_update(self, updates: list[Edit], source: str) -> bool | None:
+        self.events.append(("before", source))
+        if any(e.field == "Demographics.Name" and e.value == "Veto" for e in updates):
+            return False
+        for e in updates:
+            if e.field == "Hobby.Pet_Name" and isinstance(e.value, str):
+                e.value = e.value.title()
+        return None
+
+    @hookimpl
+    def aipersona_after_persona_update(self, changes: list[Any], source: str) -> None:
+        self.events.append(("after", [(c.field, c.new_value, source) for c in changes]))
+
+    @hookimpl
+    def aipersona_before_tool_call(self, name: str) -> Any:
+        self.events.append(("before_tool", name))
+        return {"refused": True} if name == "forget_persona_field" else None
+
+    @hookimpl
+    def aipersona_after_tool_call(self, name: str, error: str | None) -> None:
+        self.events.append(("after_tool", (name, error)))
+
+    @hookimpl
+    def aipersona_build_prompt(self) -> str:
+        return "## House rules\nAlways answer in haiku."
+
+    @hookimpl
+    def aipersona_session_ended(self, session_id: int, reason: str) -> None:
+        self.events.append(("ended", reason))
+
+
+async def test_plugin_fields_tools_and_hooks(fake_llm: FakeOpenAI, db_path: Path) -> None:
+    rec = Recorder()
+    cfg = make_config(db_path, fake_llm.base_url, persona={"update_every": 1})
+    fake_llm.push(
+        "chat",
+        Tools(
+            [("boom", {}), ("slow", {}), ("forget_persona_field", {"field": "Demographics.Age"})]
+        ),
+        "done",
+    )
+    fake_llm.push(
+        "json",
+        Json(
+            {
+                "updates": [
+                    {
+                        "field": "Hobby.Pet_Name",
+                        "op": "set",
+                        "value": "rex",
+                        "evidence": "my dog rex",
+                    }
+                ]
+            }
+        ),
+        Json(
+            {
+                "updates": [
+                    {"field": "Demographics.Name", "op": "set", "value": "Veto", "evidence": ""}
+                ]
+            }
+        ),
+    )
+    async with PersonaCore(cfg, plugins=[rec]) as core:
+        reply = await core.respond(ALICE, "c", "my dog rex")
+        assert reply.ok and reply.text == "done"
+        errors = [r.error for r in reply.tool_results]
+        assert "kaput" in errors[0] and "timed out" in errors[1] and errors[2] is None
+        assert reply.tool_results[2].result == {"refused": True}
+        req = fake_llm.chat_requests()[0]
+        assert "Always answer in haiku." in system_text(req)
+        assert {t["function"]["name"] for t in req["tools"]} >= {"boom", "get_persona"}
+        await core.end_session(ALICE, "c")
+        await core.wait_for_updates()
+        persona = await core.persona(ALICE)
+        assert persona is not None and persona.values == {"Hobby.Pet_Name": "Rex"}
+        # a vetoed update changes nothing
+        await core.respond(ALICE, "c", "call me Veto")
+        await core.end_session(ALICE, "c")
+        await core.wait_for_updates()
+        persona = await core.persona(ALICE)
+        assert persona is not None and "Demographics.Name" not in persona.values
+        assert "Pet_Name" in json.dumps(core.optimizer.messages({}, [])[0]["content"])
+    kinds = [e[0] for e in rec.events]
+    assert kinds.count("message") == 2 and kinds.count("ended") == 2
+    assert ("after", [("Hobby.Pet_Name", "Rex", "optimizer")]) in rec.events
+    assert ("after_tool", ("boom", errors[0])) in rec.events
+    assert kinds.count("before") == 2 and kinds.count("after") == 1
+
+
+async def test_example_plugins_timezone_and_audit_log(
+    fake_llm: FakeOpenAI, db_path: Path, tmp_path: Path
+) -> None:
+    audit = tmp_path / "audit.jsonl"
+    cfg = make_config(
+        db_path,
+        fake_llm.base_url,
+        plugins={
+            "modules": ["aipersona.plugins.timezone", "aipersona.plugins.audit_log"],
+            "audit_log": {"path": str(audit)},
+        },
+    )
+    fake_llm.push(
+        "chat",
+        Tools(
+            [
+                ("update_persona_field", {"field": "Locale.Timezone", "value": "Mars/Olympus"}),
+                ("update_persona_field", {"field": "Locale.Timezone", "value": "Asia/Tokyo"}),
+                ("current_time", {}),
+            ]
+        ),
+        "It is late in Tokyo.",
+    )
+    async with PersonaCore(cfg) as core:
+        reply = await core.respond(ALICE, "c", "I live in Tokyo, what time is it?")
+        assert reply.text == "It is late in Tokyo."
+        results = reply.tool_results
+        assert results[0].error is not None  # vetoed by the plugin's before-hook: no change
+        assert results[1].result["changed"] is True
+        assert results[2].result["timezone"] == "Asia/Tokyo"
+        assert results[2].result["iso"].endswith("+09:00")
+        await core.respond(ALICE, "c", "and now?")
+        assert "(Asia/Tokyo)" in system_text(fake_llm.chat_requests()[-1])
+    events = [json.loads(line) for line in audit.read_text().splitlines()]
+    updates = [e for e in events if e["event"] == "persona_update"]
+    assert [(e["field"], e["new_value"], e["source"]) for e in updates] == [
+        ("Locale.Timezone", "Asia/Tokyo", "tool")
+    ]
+    assert [e["tool"] for e in events if e["event"] == "tool_call"] == [
+        "update_persona_field",
+        "update_persona_field",
+        "current_time",
+    ]
+
+
+async def test_versions_rollback_link_delete(core: PersonaCore) -> None:
+    await core.edit_persona(ALICE, [Edit("Demographics.Age", "set", 30)])
+    await core.edit_persona(ALICE, [Edit("Demographics.Age", "set", 31)])
+    await core.edit_persona(ALICE, [Edit("Personality.Values_and_Interests", "append", "chess")])
+    await core.edit_persona(ALICE, [Edit("Personality.Values_and_Interests", "append", ["go"])])
+    await core.edit_persona(ALICE, [Edit("Personality.Values_and_Interests", "remove", "chess")])
+    hist = await core.history(ALICE, "Demographics.Age")
+    assert [(h["version"], h["old_value"], h["new_value"]) for h in hist] == [
+        (2, 30, 31),
+        (1, None, 30),
+    ]
+    await core.rollback(ALICE, hist[1]["id"])
+    persona = await core.persona(ALICE)
+    assert persona is not None
+    assert persona.values == {"Demographics.Age": 30, "Personality.Values_and_Interests": ["go"]}
+    assert persona.versions["Demographics.Age"] == 3
+    # link a telegram identity: both see one persona
+    tg = Identity("telegram", "42")
+    await core.link(ALICE, tg)
+    tg_persona = await core.persona(tg)
+    assert tg_persona is not None and tg_persona.values == persona.values
+    await core.respond(tg, "tgchat", "hello from telegram")
+    data = await core.export(ALICE)
+    assert data is not None
+    assert {i["platform"] for i in data["identities"]} == {"cli", "telegram"}
+    assert data["persona"]["Demographics"]["Age"] == 30
+    assert [m["platform"] for m in data["messages"]] == ["telegram", "telegram"]
+    assert await core.forget_all(tg)
+    assert await core.persona(ALICE) is None and await core.export(tg) is None
+    for table in ("persona_fields", "persona_versions", "messages", "sessions", "identities"):
+        row = await core.db.fetchone(f"SELECT COUNT(*) FROM {table}")
+        assert row is not None and row[0] == 0, table
+
+
+async def test_migrations_are_tracked_and_failed_one_rolls_back(tmp_path: Path) -> None:
+    db = await Database.open(tmp_path / "m.db")
+    applied = await db.migrate()
+    assert [m.version for m in applied] == [m.version for m in bundled_migrations()]
+    assert await db.migrate() == []
+    bad = Migration(9999, "broken", "CREATE TABLE t_ok (x INTEGER);\nCREATE TABLE oops (;\n")
+    with pytest.raises(MigrationError, match="9999_broken failed and was rolled back"):
+        await db.migrate([*bundled_migrations(), bad])
+    assert await db.fetchone("SELECT name FROM sqlite_master WHERE name = 't_ok'") is None
+    assert 9999 not in await db.applied_migrations()
+    mode = await db.fetchone("PRAGMA journal_mode")
+    assert mode is not None and mode[0] == "wal"
+    await db.close()
+
+
+def run_cli(*args: str, stdin: str = "", env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "aipersona.core.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+async def test_cli_chat_commands_and_persona_admin(fake_llm: FakeOpenAI, tmp_path: Path) -> None:
+    cfg = tmp_path / "bot.toml"
+    cfg.write_text(
+        f'[database]\npath = "p.db"\n[llm]\nbase_url = "{fake_llm.base_url}"\n'
+        'api_key_env = "TEST_ONLY_KEY"\nmax_retries = 0\n[persona]\nupdate_every = 2\n',
+        encoding="utf-8",
+    )
+    fake_llm.push(
+        "json",
+        Json(
+            {
+                "updates": [
+                    {
+                        "field": "Demographics.Name",
+                        "op": "set",
+                        "value": "Alice",
+                        "evidence": "I'm Alice",
+                    }
+                ]
+            }
+        ),
+    )
+    script = "/help\nI'm Alice\n/end\nhello\n/end\n/persona\n"
+    code, out, err = await asyncio.to_thread(
+        run_cli,
+        "chat",
+        "--config",
+        str(cfg),
+        "--user",
+        "alice",
+        stdin=script,
+        env={"TEST_ONLY_KEY": "sk-test-secret-value"},
+    )
+    assert code == 0, err
+    assert "/forget" in out and "bot> echo: I'm Alice" in out and "Session ended." in out
+    assert "Name: Alice" in out
+    assert "sk-test-secret-value" not in out + err
+    code, out, _ = await asyncio.to_thread(
+        run_cli, "persona", "show", "--config", str(cfg), "-p", "cli", "-u", "alice", "--json"
+    )
+    assert code == 0 and json.loads(out) == {"Demographics": {"Name": "Alice"}}
+    code, out, _ = await asyncio.to_thread(
+        run_cli, "persona", "history", "--config", str(cfg), "-p", "cli", "-u", "alice"
+    )
+    assert code == 0 and "Demographics.Name v1 set by optimizer" in out
+    export = tmp_path / "out.json"
+    code, out, _ = await asyncio.to_thread(
+        run_cli,
+        "persona",
+        "export",
+        "--config",
+        str(cfg),
+        "-p",
+        "cli",
+        "-u",
+        "alice",
+        "-o",
+        str(export),
+    )
+    data = json.loads(export.read_text())
+    assert code == 0 and len(data["messages"]) == 4 and data["history"][0]["evidence"]
+    code, out, err = await asyncio.to_thread(
+        run_cli, "persona", "delete", "--config", str(cfg), "-p", "cli", "-u", "alice"
+    )
+    assert code == 2 and "--yes" in err
+    code, out, err = await asyncio.to_thread(
+        run_cli, "persona", "delete", "--config", str(cfg), "-p", "cli", "-u", "alice", "--yes"
+    )
+    assert code == 0
+    code, out, err = await asyncio.to_thread(
+        run_cli, "persona", "show", "--config", str(cfg), "-p", "cli", "-u", "alice"
+    )
+    assert code == 2 and "no persona for cli:alice" in err
+    code, out, err = await asyncio.to_thread(run_cli, "migrate", "--config", str(cfg))
+    assert code == 0 and "is at version 1" in out
+    with sqlite3.connect(tmp_path / "p.db") as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_cli_reports_bad_config_clearly(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[llm]\ntemperature = 9\nbogus = 1\n", encoding="utf-8")
+    code, _, err = run_cli("migrate", "--config", str(cfg))
+    assert code == 2
+    assert "llm.temperature" in err and "llm.bogus" in err and "Traceback" not in err
+
+
+def test_example_config_is_valid_and_documents_every_key() -> None:
+    from aipersona.core.config import Config
+
+    text = (ROOT / "bot.example.toml").read_text(encoding="utf-8")
+    cfg = Config.load(ROOT / "bot.example.toml")
+    for section in ("database", "llm", "persona", "sessions", "chat", "tools", "plugins"):
+        model = getattr(cfg, section)
+        for key in type(model).model_fields:
+            assert f"{key} =" in text or f"[{section}.{key}]" in text, f"{section}.{key}"
+
+
+def test_field_spec_rejects_bad_names() -> None:
+    with pytest.raises(ValueError, match=r"Category\.Field"):
+        FieldSpec("nodot")
