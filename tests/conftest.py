@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from aipersona.core.config import Config
 from aipersona.core.engine import PersonaCore
-
 from tests.fakes.openai_server import FakeOpenAI
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

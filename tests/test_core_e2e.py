@@ -10,7 +10,6 @@ from pathlib import Path
 from aipersona.core.edits import Edit
 from aipersona.core.engine import PersonaCore
 from aipersona.core.personas import Identity
-
 from tests.conftest import make_config
 from tests.fakes.openai_server import CutStream, Error, FakeOpenAI, Hang, Json, Tools, system_text
 

@@ -12,6 +12,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+
 from aipersona.core.config import Config
 from aipersona.core.engine import PersonaCore
 from aipersona.core.personas import Identity

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from aipersona.core.db import Database, Migration, MigrationError, bundled_migrations
 from aipersona.core.edits import Edit
 from aipersona.core.engine import PersonaCore
@@ -19,7 +20,6 @@ from aipersona.core.hooks import hookimpl
 from aipersona.core.personas import Identity
 from aipersona.core.schema import FieldSpec
 from aipersona.core.tools import Tool
-
 from tests.conftest import make_config
 from tests.fakes.openai_server import FakeOpenAI, Json, Tools, system_text
 
