@@ -45,11 +45,21 @@ async def _run(args: argparse.Namespace) -> int:
     platforms = _platforms(cfg, args.platform)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    handled = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
             loop.add_signal_handler(sig, stop.set)
+            handled.append(sig)
         except (NotImplementedError, RuntimeError):
             pass
+    try:
+        return await _serve(cfg, platforms, stop)
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+
+
+async def _serve(cfg: Any, platforms: list[tuple[str, Runner, Any]], stop: asyncio.Event) -> int:
     async with PersonaCore(cfg) as core:
         tasks = [
             asyncio.create_task(runner(core, settings, stop), name=f"aipersona-{name}")

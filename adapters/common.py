@@ -10,7 +10,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from aipersona.core.config import ConfigError
 from aipersona.core.personas import Persona
@@ -43,6 +43,11 @@ class AdapterSettings(BaseModel):
     stream_edit_interval: float = Field(1.0, gt=0)
     typing: bool = True
 
+    @field_validator("allowed_users", "allowed_chats", "reply_channels", mode="before")
+    @classmethod
+    def _ids_as_strings(cls, value: Any) -> Any:
+        return ids_as_strings(value)
+
     def token(self) -> str:
         """The bot token from the environment variable named by ``token_env``."""
         if not self.token_env:
@@ -67,6 +72,13 @@ class AdapterSettings(BaseModel):
 
     def chat_allowed(self, chat_id: object) -> bool:
         return not self.allowed_chats or str(chat_id) in self.allowed_chats
+
+
+def ids_as_strings(value: Any) -> Any:
+    """Platform ids may be written as TOML integers; they are compared as strings."""
+    if isinstance(value, list):
+        return [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+    return value
 
 
 class RateLimiter:
@@ -106,6 +118,7 @@ def too_long_text(length: int, limit: int) -> str:
 
 
 _FENCE = "```"
+_LANG_RE = re.compile(r"[\w+#.-]{0,32}")
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+")
 
 
@@ -131,7 +144,7 @@ def split_message(text: str, limit: int) -> list[str]:
             chunks.append(reopen + rest)
             break
         budget -= len(_FENCE) + 1  # room to close a fence
-        cut = _best_cut(rest, budget)
+        cut = _best_cut(rest, max(budget, limit // 2))
         piece, rest = rest[:cut].rstrip(), rest[cut:].lstrip("\n ")
         chunk = reopen + piece
         lang = _open_fence(chunk)
@@ -165,7 +178,12 @@ def _open_fence(text: str) -> str | None:
     for line in text.split("\n"):
         stripped = line.strip()
         if stripped.startswith(_FENCE):
-            lang = stripped[3:].strip() if lang is None else None
+            if lang is None:
+                tag = stripped[3:].strip()
+                # only a short identifier is a language tag; code on the fence line is not
+                lang = tag if _LANG_RE.fullmatch(tag) else ""
+            else:
+                lang = None
     return lang
 
 

@@ -348,6 +348,13 @@ def test_example_config_is_valid_and_documents_every_key() -> None:
         model = getattr(cfg, section)
         for key in type(model).model_fields:
             assert f"{key} =" in text or f"[{section}.{key}]" in text, f"{section}.{key}"
+    from aipersona.adapters.discord import DiscordSettings
+    from aipersona.adapters.telegram import TelegramSettings
+
+    for name, settings_cls in (("discord", DiscordSettings), ("telegram", TelegramSettings)):
+        section = getattr(cfg, name)
+        settings_cls.parse(name, section)  # valid
+        assert set(section) == set(settings_cls.model_fields), name
 
 
 def test_field_spec_rejects_bad_names() -> None:

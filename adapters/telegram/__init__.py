@@ -1,1 +1,31 @@
-"""aipersona package."""
+"""Telegram adapter (python-telegram-bot 22).
+
+Standalone::
+
+    settings = TelegramSettings.from_config(core.config)
+    await run_telegram(core, settings, stop_event)
+
+Embedded in an existing Application::
+
+    register_persona_handlers(application, core)          # handler group 100
+    await setup_commands(application.bot)                 # if you don't use run_polling
+"""
+
+from .bot import build_application, run_telegram
+from .format import html_chunks, markdown_to_html
+from .handlers import DEFAULT_GROUP, PersonaHandlers, register_persona_handlers
+from .menu import PERSONA_COMMANDS, setup_commands
+from .settings import TelegramSettings
+
+__all__ = [
+    "DEFAULT_GROUP",
+    "PERSONA_COMMANDS",
+    "PersonaHandlers",
+    "TelegramSettings",
+    "build_application",
+    "html_chunks",
+    "markdown_to_html",
+    "register_persona_handlers",
+    "run_telegram",
+    "setup_commands",
+]

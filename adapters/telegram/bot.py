@@ -1,0 +1,124 @@
+"""The standalone Telegram bot: an Application with only the persona handlers, run by long
+polling or a webhook inside an already running asyncio loop until a stop event is set."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dtm
+import logging
+
+from telegram import Update
+from telegram.error import NetworkError, TelegramError
+from telegram.ext import Application, ContextTypes
+
+from aipersona.core.engine import PersonaCore
+
+from .handlers import register_persona_handlers
+from .menu import setup_commands
+from .settings import TelegramSettings
+
+log = logging.getLogger(__name__)
+
+ALLOWED_UPDATES = [Update.MESSAGE]  # edits, channel posts, callbacks are never used
+
+
+class RedactToken(logging.Filter):
+    """Replaces the bot token in log records (httpx logs request URLs, which contain it)."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__()
+        self.token = token
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if self.token in message:
+            record.msg, record.args = message.replace(self.token, "<bot-token>"), ()
+        return True
+
+
+def redact_token_in_logs(token: str) -> None:
+    for name in ("httpx", "telegram.ext.Updater", "telegram.ext.Application"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(x, RedactToken) and x.token == token for x in logger.filters):
+            logger.addFilter(RedactToken(token))
+
+
+async def log_errors(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Error handler: network trouble is a warning (PTB retries polling), the rest a bug."""
+    error = context.error
+    if isinstance(error, NetworkError):
+        log.warning("Telegram network error: %s", error)
+    elif isinstance(error, TelegramError):
+        log.warning("Telegram error: %s", error)
+    else:
+        log.error("error while handling a Telegram update", exc_info=error)
+
+
+def build_application(core: PersonaCore, settings: TelegramSettings | None = None) -> Application:
+    """An Application (not yet initialized) with the persona handlers and an error handler.
+
+    The token comes from the environment variable ``settings.token_env``; ``base_url``
+    points it at a self-hosted Bot API server.
+    """
+    settings = settings or TelegramSettings.from_config(core.config)
+    token = settings.token()
+    redact_token_in_logs(token)
+    builder = Application.builder().token(token)
+    urls = settings.api_urls()
+    if urls is not None:
+        builder = builder.base_url(urls[0]).base_file_url(urls[1])
+    application = builder.build()
+    register_persona_handlers(application, core, settings, group=0)
+    application.add_error_handler(log_errors)
+    return application
+
+
+async def run_telegram(
+    core: PersonaCore,
+    settings: TelegramSettings | None = None,
+    stop_event: asyncio.Event | None = None,
+) -> None:
+    """Run the bot until ``stop_event`` is set (forever if None), then stop cleanly.
+
+    The core must be started. Polling by default; ``mode = "webhook"`` serves
+    ``http://webhook_listen:webhook_port/webhook_path`` and registers ``webhook_url`` with
+    Telegram (secret token from ``webhook_secret_env``, else a random one per run).
+    """
+    settings = settings or TelegramSettings.from_config(core.config)
+    settings.check_webhook()
+    secret = settings.webhook_secret() if settings.mode == "webhook" else None
+    stop_event = stop_event or asyncio.Event()
+    application = build_application(core, settings)
+    async with application:
+        try:
+            await setup_commands(application.bot)
+        except TelegramError as exc:
+            log.warning("could not update the command menu: %s", exc)
+        await application.start()
+        updater = application.updater
+        assert updater is not None
+        try:
+            if settings.mode == "webhook":
+                await updater.start_webhook(
+                    listen=settings.webhook_listen,
+                    port=settings.webhook_port,
+                    url_path=settings.webhook_path,
+                    webhook_url=settings.webhook_url,
+                    secret_token=secret,
+                    allowed_updates=ALLOWED_UPDATES,
+                    bootstrap_retries=3,
+                )
+            else:
+                await updater.start_polling(
+                    timeout=dtm.timedelta(seconds=settings.poll_timeout),
+                    allowed_updates=ALLOWED_UPDATES,
+                    bootstrap_retries=3,
+                )
+            log.info("Telegram bot @%s running (%s)", application.bot.username, settings.mode)
+            await stop_event.wait()
+        finally:
+            if updater.running:
+                await updater.stop()
+            if application.running:
+                await application.stop()
+    log.info("Telegram bot stopped")

@@ -1,0 +1,70 @@
+"""The ``[telegram]`` config section."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from typing import Literal
+
+from pydantic import Field
+
+from aipersona.adapters.common import AdapterSettings
+from aipersona.core.config import Config, ConfigError
+
+_SECRET_RE = re.compile(r"[A-Za-z0-9_-]{1,256}")
+
+
+class TelegramSettings(AdapterSettings):
+    """Settings of the Telegram adapter (every key of ``AdapterSettings`` plus these)."""
+
+    token_env: str = "TELEGRAM_BOT_TOKEN"
+    mode: Literal["polling", "webhook"] = "polling"
+    webhook_listen: str = "127.0.0.1"
+    webhook_port: int = Field(8443, ge=1, le=65535)
+    webhook_url: str = ""
+    webhook_path: str = "telegram"
+    webhook_secret_env: str = ""
+    base_url: str = ""
+    parse_mode: Literal["HTML", "none"] = "HTML"
+    poll_timeout: float = Field(10.0, ge=0, le=300)
+
+    @classmethod
+    def from_config(cls, config: Config) -> TelegramSettings:
+        """Validate the raw ``[telegram]`` table of a Config (ConfigError if invalid)."""
+        return cls.parse("telegram", config.telegram)
+
+    @property
+    def html(self) -> bool:
+        return self.parse_mode == "HTML"
+
+    def api_urls(self) -> tuple[str, str] | None:
+        """(base_url, base_file_url) for a self-hosted Bot API server, or None for Telegram's.
+
+        ``base_url`` may be the server root (``http://127.0.0.1:8081``) or already end in
+        ``/bot`` (python-telegram-bot's form); the token is appended by the library.
+        """
+        url = self.base_url.strip().rstrip("/")
+        if not url:
+            return None
+        root = url.removesuffix("/bot")
+        return f"{root}/bot", f"{root}/file/bot"
+
+    def webhook_secret(self) -> str:
+        """The webhook secret token: from ``webhook_secret_env``, else a random one per run."""
+        if not self.webhook_secret_env:
+            return secrets.token_urlsafe(32)
+        value = os.environ.get(self.webhook_secret_env, "").strip()
+        if not _SECRET_RE.fullmatch(value):
+            raise ConfigError(
+                f"environment variable {self.webhook_secret_env} (the webhook secret) must hold "
+                "1-256 characters A-Z, a-z, 0-9, _ or -"
+            )
+        return value
+
+    def check_webhook(self) -> None:
+        if self.mode == "webhook" and not self.webhook_url:
+            raise ConfigError(
+                "telegram.webhook_url is required in webhook mode (the public HTTPS URL "
+                "Telegram posts updates to)"
+            )

@@ -1,0 +1,717 @@
+"""The Telegram adapter end to end: real python-telegram-bot against the loopback Bot API fake,
+a real PersonaCore on a temporary SQLite file and the loopback OpenAI fake."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dtm
+import json
+import logging
+import socket
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from telegram import Update
+from telegram.ext import Application, CommandHandler, ContextTypes, MessageHandler, filters
+
+from aipersona.adapters.common import HELP_TEXT
+from aipersona.adapters.telegram import (
+    TelegramSettings,
+    build_application,
+    html_chunks,
+    markdown_to_html,
+    outbox,
+    register_persona_handlers,
+    run_telegram,
+    setup_commands,
+)
+from aipersona.core.config import Config, ConfigError
+from aipersona.core.edits import Edit
+from aipersona.core.engine import PersonaCore
+from aipersona.core.personas import Identity
+from tests.fakes.openai_server import Error, FakeOpenAI, Hang, Json, last_user_text, system_text
+from tests.fakes.telegram_api import FakeTelegramAPI, parse_html
+
+TOKEN = "123456:TEST-TOKEN"
+BOT = "persona_test_bot"
+ALICE, BOB = 11, 22
+GROUP = -100123
+ALICE_ID = Identity("telegram", str(ALICE))
+BOB_ID = Identity("telegram", str(BOB))
+
+pytestmark = pytest.mark.timeout(30)
+
+
+# ------------------------------------------------------------------ fixtures and helpers
+
+
+@pytest.fixture
+async def tg(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeTelegramAPI]:
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", TOKEN)
+    async with FakeTelegramAPI(bot_username=BOT) as api:
+        yield api
+
+
+def tg_settings(fake: FakeTelegramAPI, **values: Any) -> TelegramSettings:
+    return TelegramSettings(base_url=fake.origin, poll_timeout=1, **values)
+
+
+@asynccontextmanager
+async def running(core: PersonaCore, settings: TelegramSettings) -> AsyncIterator[None]:
+    """``run_telegram`` in a task; stopped (cleanly, checked) when the block ends."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_telegram(core, settings, stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+@asynccontextmanager
+async def polling(core: PersonaCore, fake: FakeTelegramAPI, **values: Any) -> AsyncIterator[None]:
+    async with running(core, tg_settings(fake, **values)):
+        await fake.wait_for(lambda: fake.calls_to("getUpdates"))
+        yield
+
+
+def texts(fake: FakeTelegramAPI, chat: int) -> list[str]:
+    """What the user sees (parsed text of each message, after edits)."""
+    return [m["parsed_text"] for m in fake.sent_messages(chat)]
+
+
+async def wait_text(
+    fake: FakeTelegramAPI, chat: int, fragment: str, count: int = 1, within: float = 5.0
+) -> None:
+    await fake.wait_for(lambda: sum(fragment in t for t in texts(fake, chat)) >= count, within)
+
+
+def rows(db: Path, sql: str, *params: Any) -> list[tuple]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def chat_request_for(fake_llm: FakeOpenAI, text: str) -> dict[str, Any]:
+    (req,) = [r for r in fake_llm.chat_requests() if last_user_text(r) == text]
+    return req
+
+
+async def set_job(core: PersonaCore, ident: Identity, job: str) -> None:
+    await core.edit_persona(ident, [Edit("Demographics.Career_Information", "set", job)])
+
+
+async def wait_listening(port: int) -> None:
+    for _ in range(100):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.05)
+        else:
+            writer.close()
+            await writer.wait_closed()
+            return
+    raise AssertionError(f"nothing listens on port {port}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# ------------------------------------------------------------------ conversations
+
+
+async def test_three_sessions_update_persona_and_next_prompt(
+    core: PersonaCore, fake_llm: FakeOpenAI, tg: FakeTelegramAPI
+) -> None:
+    fake_llm.push(
+        "json",
+        Json(
+            {
+                "updates": [
+                    {
+                        "field": "Demographics.Career_Information",
+                        "op": "set",
+                        "value": "nurse",
+                        "evidence": "I am a nurse",
+                    }
+                ]
+            }
+        ),
+    )
+    async with polling(core, tg):
+        for i in range(3):
+            tg.push_message(ALICE, ALICE, f"session {i}: I am a nurse", first_name="Alice")
+            await wait_text(tg, ALICE, f"echo: session {i}")
+            tg.push_message(ALICE, ALICE, "/end")
+            await wait_text(tg, ALICE, "Session ended", count=i + 1)
+        await core.wait_for_updates()
+        assert len(fake_llm.json_requests()) == 1
+        persona = await core.persona(ALICE_ID)
+        assert persona is not None
+        assert persona.values == {"Demographics.Career_Information": "nurse"}
+
+        tg.push_message(ALICE, ALICE, "what should I do this weekend?")
+        await wait_text(tg, ALICE, "echo: what should I do")
+    system = system_text(fake_llm.chat_requests()[-1])
+    assert '"Career_Information":"nurse"' in system
+    # typing was shown while the model worked; private replies do not quote
+    assert (ALICE, "typing") in tg.chat_actions
+    assert all("reply_parameters" not in m for m in tg.sent_messages(ALICE))
+    # the persona is keyed by the user id, the display name is only stored alongside
+    assert rows(
+        core.config.database.path, "SELECT platform_user_id, display_name FROM identities"
+    ) == [("11", "Alice")]
+
+
+async def test_group_two_speakers_each_get_their_own_persona(
+    core: PersonaCore, fake_llm: FakeOpenAI, tg: FakeTelegramAPI
+) -> None:
+    await set_job(core, ALICE_ID, "nurse")
+    await set_job(core, BOB_ID, "pilot")
+    async with polling(core, tg):
+        tg.push_message(GROUP, ALICE, "just chatting among us", chat_type="supergroup")
+        tg.push_message(GROUP, BOB, "me too, no bot needed", chat_type="supergroup")
+        asked = tg.push_message(
+            GROUP, ALICE, f"@{BOT} hi from alice", chat_type="supergroup", first_name="Alice"
+        )
+        await wait_text(tg, GROUP, "echo: hi from alice")
+        bot_reply = tg.sent_messages(GROUP)[0]
+        # bob answers the bot's message: that addresses the bot too
+        tg.push_message(
+            GROUP,
+            BOB,
+            "and what about me?",
+            chat_type="supergroup",
+            reply_to_message_id=bot_reply["message_id"],
+        )
+        await wait_text(tg, GROUP, "echo: and what about me?")
+        tg.push_message(GROUP, BOB, "still nothing for the bot", chat_type="supergroup")
+        tg.push_message(GROUP, ALICE, f"thanks @{BOT.upper()}", chat_type="supergroup")
+        await wait_text(tg, GROUP, "echo: thanks")
+
+    assert len(tg.sent_messages(GROUP)) == 3
+    assert len(fake_llm.chat_requests()) == 3
+    alice = system_text(chat_request_for(fake_llm, "hi from alice"))
+    bob = system_text(chat_request_for(fake_llm, "and what about me?"))
+    assert "nurse" in alice and "pilot" not in alice
+    assert "pilot" in bob and "nurse" not in bob
+    # replies quote the message they answer
+    assert bot_reply["reply_parameters"]["message_id"] == asked["message"]["message_id"]
+    # each speaker's messages are stored under their own persona, with the group as chat id
+    stored = rows(
+        core.config.database.path,
+        "SELECT i.platform_user_id, m.content, m.chat_id FROM messages m"
+        " JOIN identities i ON i.persona_id = m.persona_id WHERE m.role = 'user' ORDER BY m.id",
+    )
+    assert stored == [
+        ("11", "hi from alice", str(GROUP)),
+        ("22", "and what about me?", str(GROUP)),
+        ("11", "thanks", str(GROUP)),
+    ]
+
+
+async def test_reply_channels_answer_every_message(
+    core: PersonaCore, fake_llm: FakeOpenAI, tg: FakeTelegramAPI
+) -> None:
+    async with polling(core, tg, reply_channels=[str(GROUP)]):
+        tg.push_message(GROUP, ALICE, "no mention needed here", chat_type="group")
+        await wait_text(tg, GROUP, "echo: no mention needed here")
+
+
+async def test_ignored_updates_and_access_control(
+    core: PersonaCore, fake_llm: FakeOpenAI, tg: FakeTelegramAPI
+) -> None:
+    async with polling(core, tg, allowed_users=[str(ALICE), str(BOB)], allowed_chats=[str(ALICE)]):
+        bot_msg = tg.make_message_update(ALICE, 5, "I am another bot")
+        bot_msg["message"]["from"]["is_bot"] = True
+        tg.push_update(bot_msg)
+        edited = tg.make_message_update(ALICE, ALICE, "edited text")
+        tg.push_update({"edited_message": edited["message"]})
+        tg.push_document(ALICE, ALICE, "notes.txt", b"not text")
+        tg.push_message(33, 33, "stranger in private")  # user not allowed
+        tg.push_message(BOB, BOB, "allowed user, chat not allowed")
+        tg.push_message(ALICE, ALICE, "hello")
+        await wait_text(tg, ALICE, "echo: hello")
+        await asyncio.sleep(0.2)
+    assert texts(tg, ALICE) == ["echo: hello"]
+    assert tg.sent_messages(33) == [] and tg.sent_messages(BOB) == []
+    assert [last_user_text(r) for r in fake_llm.chat_requests()] == ["hello"]
+
+
+async def test_long_reply_is_split_into_valid_html_messages(
+    core: PersonaCore, fake_llm: FakeOpenAI, tg: FakeTelegramAPI
+) -> None:
+    paragraph = (
+        "**Tip** number {i}: use `x < y && y > z` and read [the docs](https://example.com/?a=1&b=2)"
+        " — *really* worth it & more.\n\n"
+    )
+    paragraphs = [paragraph.format(i=i) for i in range(200)]
+    code = "```python\n" + "\n".join(f"print({i} < {i + 1})" for i in range(150)) + "\n```\n\n"
+    reply = "".join([*paragraphs[:40], code, *paragraphs[40:]])
+    while len(reply) > 10_000:
+        reply = reply[: reply.rindex("**Tip**")]
+    assert len(reply) > 9_500
+    fake_llm.push("chat", reply)
+    async with polling(core, tg):
+        tg.push_message(ALICE, ALICE, "give me a long answer")
+        await tg.wait_for(lambda: len(tg.sent_messages(ALICE)) >= 3)
+        await asyncio.sleep(0.3)
+    sent = tg.sent_messages(ALICE)
+    assert len(sent) == len(html_chunks(reply))
+    for message in sent:
+        assert message["parse_mode"] == "HTML"  # the fake validated it; no plain fallback
+        assert len(message["text"]) <= 4096 and len(message["parsed_text"]) <= 4096
+    shown = "".join(m["parsed_text"] for m in sent)
+    assert "Tip number 0: use x < y && y > z and read the docs" in shown
+    assert "print(100 < 101)" in shown
+    assert "**" not in shown
+
+
+async def test_streaming_by_edits_overflows_into_new_messages(
+    core: PersonaCore, fake_llm: FakeOpenAI, tg: FakeTelegramAPI
+) -> None:
+    reply = " ".join(f"word{i} **bold{i}**" for i in range(700))  # ~9,000 characters
+    fake_llm.push("chat", reply)
+    async with polling(core, tg, stream_edits=True, stream_edit_interval=0.2):
+        tg.push_message(ALICE, ALICE, "stream please")
+        expected = html_chunks(reply)
+        await tg.wait_for(lambda: [m["text"] for m in tg.sent_messages(ALICE)] == expected)
+    assert len(expected) >= 2
+    assert tg.calls_to("editMessageText")  # drafts were edited while the model wrote
+    assert all(m["parse_mode"] == "HTML" for m in tg.sent_messages(ALICE))
+    stored = rows(
+        core.config.database.path, "SELECT content FROM messages WHERE role = 'assistant'"
+    )
+    assert stored == [(reply,)]
+
+
+async def test_llm_failure_sends_apology_and_keeps_the_message(
+    core: PersonaCore, fake_llm: FakeOpenAI, tg: FakeTelegramAPI
+) -> None:
+    fake_llm.push("chat", Error(500))
+    async with polling(core, tg):
+        tg.push_message(ALICE, ALICE, "are you there?")
+        await wait_text(tg, ALICE, core.config.chat.apology)
+        tg.push_message(ALICE, ALICE, "try again")
+        await wait_text(tg, ALICE, "echo: try again")
+    stored = rows(core.config.database.path, "SELECT role, content FROM messages ORDER BY id")
+    assert stored == [
+        ("user", "are you there?"),
+        ("user", "try again"),
+        ("assistant", "echo: try again"),
+    ]
+    # the second request still saw the first message in the history
+    assert [m["content"] for m in fake_llm.chat_requests()[-1]["messages"][1:]] == [
+        "are you there?",
+        "try again",
+    ]
+
+
+async def test_rate_limit_and_too_long_input(
+    core: PersonaCore, fake_llm: FakeOpenAI, tg: FakeTelegramAPI
+) -> None:
+    async with polling(core, tg, rate_limit_per_minute=2, max_input_chars=50):
+        for i in range(4):
+            tg.push_message(ALICE, ALICE, f"msg {i}")
+        await wait_text(tg, ALICE, "echo: msg 1")
+        await wait_text(tg, ALICE, "please wait")
+        tg.push_message(BOB, BOB, "x" * 51)
+        await wait_text(tg, BOB, "too long")
+        await asyncio.sleep(0.2)
+    alice = texts(tg, ALICE)
+    warnings = [t for t in alice if t.startswith("You're sending messages quickly; please wait")]
+    assert len(warnings) == 1  # told once, not for every extra message
+    assert sorted(set(alice) - set(warnings)) == ["echo: msg 0", "echo: msg 1"]
+    assert texts(tg, BOB) == [
+        "Your message is too long (51 characters; the limit is 50). Please shorten it."
+    ]
+    assert [last_user_text(r) for r in fake_llm.chat_requests()] == ["msg 0", "msg 1"]
+
+
+async def test_html_rejected_falls_back_to_plain_and_send_errors_do_not_crash(
+    core: PersonaCore, fake_llm: FakeOpenAI, tg: FakeTelegramAPI
+) -> None:
+    fake_llm.push("chat", "**bold** answer", "second answer")
+    async with polling(core, tg):
+        tg.fail_next("sendMessage", 400, "Bad Request: can't parse entities: test")
+        tg.push_message(ALICE, ALICE, "first")
+        await wait_text(tg, ALICE, "bold answer")
+        tg.fail_next("sendMessage", 403, "Forbidden: bot was blocked by the user")
+        tg.push_message(ALICE, ALICE, "second")
+        await tg.wait_for(lambda: len(tg.calls_to("sendMessage")) >= 3)
+        tg.push_message(ALICE, ALICE, "third")
+        await wait_text(tg, ALICE, "echo: third")
+    first = tg.sent_messages(ALICE)[0]
+    assert first["text"] == "bold answer" and "parse_mode" not in first
+    assert texts(tg, ALICE) == ["bold answer", "echo: third"]
+
+
+@pytest.mark.filterwarnings("ignore::telegram.warnings.PTBDeprecationWarning")  # PTB's own
+async def test_flood_control_is_waited_out_and_typing_repeats(
+    core: PersonaCore,
+    fake_llm: FakeOpenAI,
+    tg: FakeTelegramAPI,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(outbox, "TYPING_EVERY", 0.2)
+    fake_llm.push("chat", Hang(1.0))
+    async with polling(core, tg):
+        tg.fail_next("sendMessage", 429, retry_after=1)
+        tg.push_message(ALICE, ALICE, "slow question")
+        await wait_text(tg, ALICE, "echo: slow question", within=8)
+    assert len(tg.calls_to("sendMessage")) == 2  # refused once, then sent
+    assert tg.chat_actions.count((ALICE, "typing")) >= 4
+
+
+# ------------------------------------------------------------------ persona commands
+
+
+async def test_forget_all_deletes_everything_of_that_user(
+    core: PersonaCore, fake_llm: FakeOpenAI, tg: FakeTelegramAPI
+) -> None:
+    db = core.config.database.path
+    async with polling(core, tg):
+        for ident, chat in ((ALICE, ALICE), (BOB, BOB)):
+            tg.push_message(chat, ident, "I am a nurse")
+            await wait_text(tg, chat, "echo: I am a nurse")
+            tg.push_message(chat, ident, "/end")
+            await wait_text(tg, chat, "Session ended")
+        await set_job(core, ALICE_ID, "nurse")
+        await set_job(core, BOB_ID, "pilot")
+        alice_pid = await core.store.find(ALICE_ID)
+
+        tg.push_message(ALICE, ALICE, "/forget Demographics.Nonsense")
+        await wait_text(tg, ALICE, "unknown persona field")
+        tg.push_message(ALICE, ALICE, "/forget Demographics.Career_Information")
+        await wait_text(tg, ALICE, "Forgotten: Demographics.Career_Information")
+        tg.push_message(ALICE, ALICE, "/forget all")
+        await wait_text(tg, ALICE, "I deleted everything")
+
+    tables = ["personas", "persona_fields", "persona_versions", "sessions", "messages"]
+    tables += ["persona_updates", "identities"]
+    for table in tables:
+        column = "id" if table == "personas" else "persona_id"
+        assert rows(db, f"SELECT * FROM {table} WHERE {column} = ?", alice_pid) == [], table
+    assert rows(db, "SELECT platform_user_id FROM identities") == [("22",)]
+    assert rows(db, "SELECT count(*) FROM messages") == [(2,)]  # bob's stay
+    assert await core.persona(ALICE_ID) is None
+
+
+async def test_export_sends_a_json_document(
+    core: PersonaCore, fake_llm: FakeOpenAI, tg: FakeTelegramAPI
+) -> None:
+    async with polling(core, tg):
+        tg.push_message(ALICE, ALICE, "/export")
+        await wait_text(tg, ALICE, "no data about you")
+        tg.push_message(ALICE, ALICE, "I like climbing")
+        await wait_text(tg, ALICE, "echo: I like climbing")
+        await set_job(core, ALICE_ID, "nurse")
+        tg.push_message(ALICE, ALICE, "/export")
+        await tg.wait_for(lambda: tg.documents)
+    (doc,) = tg.documents
+    assert doc.chat_id == ALICE and doc.filename == "aipersona-export.json"
+    data = json.loads(doc.data)
+    assert data["format"] == "aipersona.export/1"
+    assert data["persona"] == {"Demographics": {"Career_Information": "nurse"}}
+    assert data["identities"][0]["user_id"] == str(ALICE)
+    assert [m["content"] for m in data["messages"]] == ["I like climbing", "echo: I like climbing"]
+
+
+async def test_persona_in_group_goes_to_private_chat(
+    core: PersonaCore, fake_llm: FakeOpenAI, tg: FakeTelegramAPI
+) -> None:
+    await set_job(core, ALICE_ID, "nurse")
+    await set_job(core, BOB_ID, "pilot")
+    async with polling(core, tg):
+        tg.push_message(GROUP, ALICE, f"/persona@{BOT}", chat_type="supergroup")
+        await wait_text(tg, GROUP, "I've sent it to you privately")
+        await wait_text(tg, ALICE, "Career_Information: nurse")
+
+        tg.push_message(GROUP, ALICE, "/export", chat_type="supergroup")
+        await tg.wait_for(lambda: tg.documents)
+        await wait_text(tg, GROUP, "I've sent it to you privately", count=2)
+
+        # bob never opened a private chat with the bot
+        tg.fail_next("sendMessage", 403, "Forbidden: bot can't initiate conversation with a user")
+        tg.push_message(GROUP, BOB, "/persona", chat_type="supergroup")
+        await wait_text(tg, GROUP, "Open a private chat")
+
+        tg.push_message(ALICE, ALICE, "/persona")
+        await wait_text(tg, ALICE, "Career_Information: nurse", count=2)
+    group = " ".join(texts(tg, GROUP))
+    assert "nurse" not in group and "pilot" not in group
+    assert f"@{BOT}" in group
+    assert tg.documents[0].chat_id == ALICE
+    assert tg.sent_messages(BOB) == []
+
+
+async def test_help_end_and_command_menu(
+    core: PersonaCore, fake_llm: FakeOpenAI, tg: FakeTelegramAPI
+) -> None:
+    async with polling(core, tg):
+        tg.push_message(ALICE, ALICE, "/end")
+        await wait_text(tg, ALICE, "no open session")
+        tg.push_message(ALICE, ALICE, "/help")
+        await wait_text(tg, ALICE, "/forget all")
+        tg.push_message(ALICE, ALICE, "/forget")
+        await wait_text(tg, ALICE, "Usage: /forget FIELD")
+    assert HELP_TEXT.splitlines()[0] in texts(tg, ALICE)[1]
+    assert [c["command"] for c in tg.commands["default"]] == [
+        "persona",
+        "forget",
+        "export",
+        "end",
+        "help",
+    ]
+
+
+# ------------------------------------------------------------------ embedded and webhook modes
+
+
+async def test_embedded_in_a_host_application(
+    core: PersonaCore, fake_llm: FakeOpenAI, tg: FakeTelegramAPI
+) -> None:
+    async def start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        assert update.message is not None
+        await update.message.reply_text("host start")
+
+    async def host_help(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        assert update.message is not None
+        await update.message.reply_text("host help")
+
+    async def host_echo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        assert update.message is not None
+        await update.message.reply_text(f"host saw: {update.message.text}")
+
+    async def host_init(app: Application) -> None:
+        await app.bot.set_my_commands([("start", "Start the host bot")])
+
+    app = (
+        Application.builder()
+        .token(TOKEN)
+        .base_url(tg.base_url)
+        .base_file_url(tg.base_file_url)
+        .post_init(host_init)
+        .build()
+    )
+    app.add_handler(CommandHandler("start", start))
+    app.add_handler(CommandHandler("help", host_help))
+    app.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, host_echo))
+    register_persona_handlers(app, core, tg_settings(tg))
+
+    async with app:
+        assert app.post_init is not None
+        await app.post_init(app)  # what run_polling does
+        await app.start()
+        assert app.updater is not None
+        await app.updater.start_polling(poll_interval=0, timeout=dtm.timedelta(seconds=1))
+        try:
+            tg.push_message(ALICE, ALICE, "/start")
+            await wait_text(tg, ALICE, "host start")
+            tg.push_message(ALICE, ALICE, "hello both")
+            await wait_text(tg, ALICE, "echo: hello both")
+            await wait_text(tg, ALICE, "host saw: hello both")
+            tg.push_message(ALICE, ALICE, "/help")
+            await wait_text(tg, ALICE, "host help")
+            tg.push_message(ALICE, ALICE, "/end")
+            await wait_text(tg, ALICE, "Session ended")
+        finally:
+            await app.updater.stop()
+            await app.stop()
+    assert not any("I remember what you tell me" in t for t in texts(tg, ALICE))
+    assert [c["command"] for c in tg.commands["default"]] == [
+        "start",
+        "persona",
+        "forget",
+        "export",
+        "end",
+        "help",
+    ]
+    assert tg.commands["default"][0]["description"] == "Start the host bot"
+
+
+async def test_setup_commands_keeps_host_commands(tg: FakeTelegramAPI) -> None:
+    app = Application.builder().token(TOKEN).base_url(tg.base_url).build()
+    async with app:
+        await app.bot.set_my_commands([("help", "Host help"), ("start", "Start")])
+        menu = await setup_commands(app.bot)
+        calls = len(tg.calls_to("setMyCommands"))
+        await setup_commands(app.bot)  # idempotent: nothing to write
+    assert [c.command for c in menu] == ["help", "start", "persona", "forget", "export", "end"]
+    assert tg.commands["default"][0] == {"command": "help", "description": "Host help"}
+    assert len(tg.calls_to("setMyCommands")) == calls
+
+
+async def test_webhook_mode(
+    core: PersonaCore, fake_llm: FakeOpenAI, tg: FakeTelegramAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TG_WEBHOOK_SECRET", "s3cret-token")
+    port = free_port()
+    settings = tg_settings(
+        tg,
+        mode="webhook",
+        webhook_port=port,
+        webhook_path="tg-hook",
+        webhook_url=f"http://127.0.0.1:{port}/tg-hook",
+        webhook_secret_env="TG_WEBHOOK_SECRET",
+    )
+    async with running(core, settings):
+        await tg.wait_for(lambda: tg.webhook_url)
+        await wait_listening(port)
+        assert tg.webhook.secret_token == "s3cret-token"
+        assert await tg.deliver_webhook(tg.make_message_update(ALICE, ALICE, "via hook")) == 200
+        await wait_text(tg, ALICE, "echo: via hook")
+        forged = tg.make_message_update(ALICE, ALICE, "forged")
+        assert await tg.deliver_webhook(forged, secret_token="wrong") == 403
+        await asyncio.sleep(0.1)
+    assert texts(tg, ALICE) == ["echo: via hook"]
+
+
+async def test_run_stops_on_event_within_a_running_loop(
+    core: PersonaCore, tg: FakeTelegramAPI
+) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_telegram(core, tg_settings(tg), stop))
+    await tg.wait_for(lambda: tg.calls_to("getUpdates"))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert loop.time() - started < 3
+    assert core.started  # the core belongs to the caller
+
+
+# ------------------------------------------------------------------ settings and formatting
+
+
+def test_settings_from_config_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = Config.from_dict({"telegram": {"mode": "webhook", "base_url": "http://h:8081/bot/"}})
+    s = TelegramSettings.from_config(cfg)
+    assert s.token_env == "TELEGRAM_BOT_TOKEN" and s.mode == "webhook"
+    assert s.api_urls() == ("http://h:8081/bot", "http://h:8081/file/bot")
+    assert TelegramSettings().api_urls() is None
+    with pytest.raises(ConfigError, match="webhook_url is required"):
+        s.check_webhook()
+    with pytest.raises(ConfigError, match=r"telegram\.mode"):
+        TelegramSettings.from_config(Config.from_dict({"telegram": {"mode": "carrier-pigeon"}}))
+    with pytest.raises(ConfigError, match=r"telegram\.tokn_env"):
+        TelegramSettings.from_config(Config.from_dict({"telegram": {"tokn_env": "X"}}))
+    monkeypatch.delenv("TELEGRAM_BOT_TOKEN", raising=False)
+    with pytest.raises(ConfigError, match="TELEGRAM_BOT_TOKEN"):
+        s.token()
+    monkeypatch.setenv("BAD_SECRET", "has spaces")
+    with pytest.raises(ConfigError, match="BAD_SECRET"):
+        TelegramSettings(webhook_secret_env="BAD_SECRET").webhook_secret()
+    assert len(TelegramSettings().webhook_secret()) >= 32  # random when not configured
+
+
+@pytest.mark.parametrize(
+    ("markdown", "html"),
+    [
+        ("**bold** and *it* and _it_", "<b>bold</b> and <i>it</i> and <i>it</i>"),
+        ("snake_case_name and 2*3*4", "snake_case_name and 2*3*4"),
+        ("a < b & c > d", "a &lt; b &amp; c &gt; d"),
+        ("`x<y>`", "<code>x&lt;y&gt;</code>"),
+        (
+            "```py\nif a < b:\n    pass\n```",
+            '<pre><code class="language-py">if a &lt; b:\n    pass</code></pre>',
+        ),
+        ("[docs](https://e.x/?a=1&b=2)", '<a href="https://e.x/?a=1&amp;b=2">docs</a>'),
+        ("https://x.com/_a_", "https://x.com/_a_"),
+        ("# Title\n* one\n- two", "<b>Title</b>\n• one\n• two"),
+        ("**a *b** c*", "**a *b** c*"),  # crossing markers: left as text
+        ("~~old~~ __new__", "<s>old</s> <b>new</b>"),
+        ("[js](javascript:alert(1))", "[js](javascript:alert(1))"),
+    ],
+)
+def test_markdown_to_html(markdown: str, html: str) -> None:
+    assert markdown_to_html(markdown) == html
+    parse_html(html)
+
+
+_MARKDOWNISH = st.lists(
+    st.sampled_from(
+        [
+            "a",
+            "b",
+            " ",
+            "\n",
+            "*",
+            "**",
+            "_",
+            "__",
+            "`",
+            "```",
+            "```py\n",
+            "[",
+            "]",
+            "(",
+            ")",
+            "https://e.x/a_b",
+            "](https://e.x)",
+            "<",
+            ">",
+            "&",
+            "#",
+            "- ",
+            "~~",
+            "é",
+            "🙂",
+        ]
+    ),
+    max_size=80,
+).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_MARKDOWNISH)
+def test_markdown_to_html_always_parses(text: str) -> None:
+    html = markdown_to_html(text)
+    if html.strip():
+        parse_html(html)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(_MARKDOWNISH, min_size=50, max_size=200).map("\n".join))
+def test_html_chunks_fit_and_parse(text: str) -> None:
+    limit = 1024
+    for chunk in html_chunks(text, limit):
+        assert len(chunk) <= limit
+        assert parse_html(chunk).strip()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "```" + "x" * 5000,  # a "language name" longer than a message
+        "`" * 20000,
+        "word " * 900 + "```python and then " + "z " * 3000,
+        "[" * 20000 + "](",
+        "**a " * 5000,
+        "```\n\n```",
+    ],
+)
+def test_html_chunks_pathological_input(text: str) -> None:
+    chunks = html_chunks(text)
+    assert chunks
+    for chunk in chunks:
+        assert len(chunk) <= 4096
+        assert parse_html(chunk).strip()
+
+
+async def test_token_is_redacted_from_http_logs(
+    core: PersonaCore, tg: FakeTelegramAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    build_application(core, tg_settings(tg))
+    with caplog.at_level(logging.INFO, logger="httpx"):
+        logging.getLogger("httpx").info('HTTP Request: POST %s "200 OK"', f"{tg.base_url}{TOKEN}/x")
+    assert TOKEN not in caplog.text
+    assert "/bot<bot-token>/x" in caplog.text
