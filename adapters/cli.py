@@ -83,7 +83,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", "-c", required=True, help="TOML config file")
     p.add_argument("--database", help="override [database] path")
     p.add_argument(
-        "--platform", action="append", choices=["discord", "telegram"],
+        "--platform",
+        action="append",
+        choices=["discord", "telegram"],
         help="run only this platform (repeatable; default: every configured one)",
     )
     p.set_defaults(func=_run)

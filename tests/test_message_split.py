@@ -33,8 +33,10 @@ def test_code_on_fence_line_does_not_hang() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.text(alphabet=st.sampled_from(["a", " ", ".", "\n", "`", "x", "é", "😀"]),
-               max_size=3000), st.integers(min_value=16, max_value=500))
+@given(
+    st.text(alphabet=st.sampled_from(["a", " ", ".", "\n", "`", "x", "é", "😀"]), max_size=3000),
+    st.integers(min_value=16, max_value=500),
+)
 def test_any_text_splits_within_limit(text: str, limit: int) -> None:
     chunks = split_message(text, limit)
     assert all(0 < len(c) <= limit for c in chunks)
