@@ -11,7 +11,7 @@ from typing import Any
 
 from aipersona.core import cli
 from aipersona.core.config import ConfigError
-from aipersona.core.engine import PersonaCore
+from aipersona.core.engine import PersonaCore, freeze_startup_objects
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ async def _run(args: argparse.Namespace) -> int:
 
 async def _serve(cfg: Any, platforms: list[tuple[str, Runner, Any]], stop: asyncio.Event) -> int:
     async with PersonaCore(cfg) as core:
+        freeze_startup_objects()
         tasks = [
             asyncio.create_task(runner(core, settings, stop), name=f"aipersona-{name}")
             for name, runner, settings in platforms

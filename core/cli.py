@@ -18,7 +18,7 @@ from typing import Any
 
 from .config import Config, ConfigError
 from .db import Database, MigrationError
-from .engine import PersonaCore
+from .engine import PersonaCore, freeze_startup_objects
 from .local_model import LocalModelError
 from .personas import Identity, PersonaNotFound
 from .schema import FieldValidationError
@@ -68,6 +68,7 @@ async def _chat(args: argparse.Namespace) -> int:
     out = sys.stdout
     interactive = sys.stdin.isatty()
     async with PersonaCore(cfg) as core:
+        freeze_startup_objects()
         if interactive:
             print(f"aipersona chat as {args.user!r}. /help for commands.", file=out)
         loop = asyncio.get_running_loop()

@@ -46,6 +46,9 @@ class LLMSettings(_Section):
     max_tokens: int = Field(1024, ge=1)
     stream: bool = False
     structured_output: Literal["auto", "json_schema", "json_object", "text"] = "auto"
+    # HTTP transport of the openai client: "aiohttp" (openai's DefaultAioHttpClient) costs
+    # less CPU per request than the default httpx one; see BENCHMARKS.md
+    http_client: Literal["httpx", "aiohttp"] = "httpx"
     tools: bool = True
     local: LocalModelSettings = LocalModelSettings()
 

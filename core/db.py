@@ -13,12 +13,14 @@ import asyncio
 import logging
 import re
 import sqlite3
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -26,6 +28,40 @@ log = logging.getLogger(__name__)
 
 _MIGRATION_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 LOCK_RETRIES = 8
+# WAL checkpoints run on their own connection and thread, off the message path (an automatic
+# checkpoint inside a commit stalls that commit, and every statement queued behind it, for
+# milliseconds). The connection's own auto-checkpoint stays on as a safety net, at a size
+# the background checkpointer keeps the WAL well under.
+CHECKPOINT_SECONDS = 0.5
+AUTOCHECKPOINT_PAGES = 20_000
+
+T = TypeVar("T")
+
+
+class _Busy(Exception):
+    """BEGIN IMMEDIATE found the database locked by another process (after busy_timeout)."""
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+def _in_transaction(conn: sqlite3.Connection, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+    """On the worker thread: BEGIN IMMEDIATE, ``fn(conn, *args)``, COMMIT (or ROLLBACK)."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if _is_busy(exc):
+            raise _Busy(str(exc)) from exc
+        raise
+    try:
+        result = fn(conn, *args)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return result
 
 
 class MigrationError(RuntimeError):
@@ -71,6 +107,35 @@ def split_statements(sql: str) -> list[str]:
     return statements
 
 
+class _Checkpointer(threading.Thread):
+    """PASSIVE WAL checkpoints every CHECKPOINT_SECONDS on its own connection and thread.
+
+    A passive checkpoint never waits for a lock and never blocks writers or readers. The
+    connection is opened, used and closed only on this thread.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__(name="aipersona-wal-checkpoint", daemon=True)
+        self.path = path
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None)
+        except sqlite3.Error as exc:
+            log.warning("background WAL checkpointer not started: %s", exc)
+            return
+        try:
+            conn.execute("PRAGMA busy_timeout = 0")
+            while not self.stop.wait(CHECKPOINT_SECONDS):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:
+                    log.debug("background WAL checkpoint skipped: %s", exc)
+        finally:
+            conn.close()
+
+
 def _ensure_parent(path: str) -> None:
     Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
 
@@ -82,6 +147,7 @@ class Database:
         self.conn = conn
         self.path = path
         self._write_lock = asyncio.Lock()
+        self._checkpointer: _Checkpointer | None = None
 
     @classmethod
     async def open(cls, path: str | Path, *, busy_timeout_ms: int = 10_000) -> Database:
@@ -93,11 +159,20 @@ class Database:
         await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         if path != ":memory:":
             await conn.execute("PRAGMA journal_mode = WAL")
+            await conn.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
         await conn.execute("PRAGMA synchronous = NORMAL")
         await conn.execute("PRAGMA foreign_keys = ON")
-        return cls(conn, path)
+        db = cls(conn, path)
+        if path != ":memory:" and not path.startswith("file:"):
+            db._checkpointer = _Checkpointer(path)
+            db._checkpointer.start()
+        return db
 
     async def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop.set()
+            await asyncio.to_thread(self._checkpointer.join)
+            self._checkpointer = None
         await self.conn.close()
 
     @asynccontextmanager
@@ -113,6 +188,34 @@ class Database:
             else:
                 await self.conn.commit()
 
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(sqlite3_connection, *args)`` on the connection's worker thread.
+
+        One thread round trip for any number of statements: the per-message path uses this
+        instead of one ``await`` per statement (each costs a thread hop and a loop wake-up).
+        ``fn`` must not block for long; it runs between other coroutines' statements.
+        """
+        return await self.conn._execute(fn, self.conn._conn, *args)
+
+    async def transaction(self, fn: Callable[..., T], *args: Any) -> T:
+        """Like ``write()`` but the whole transaction is ``fn(conn, *args)`` in one round trip.
+
+        Serialized with ``write()`` by the same lock; ``BEGIN IMMEDIATE`` is retried with
+        backoff when another process holds the write lock beyond ``busy_timeout``.
+        """
+        async with self._write_lock:
+            delay = 0.05
+            for attempt in range(LOCK_RETRIES):
+                try:
+                    return await self.run(_in_transaction, fn, args)
+                except _Busy:
+                    if attempt == LOCK_RETRIES - 1:
+                        raise sqlite3.OperationalError("database is locked") from None
+                    log.warning("database busy, retrying (%d/%d)", attempt + 1, LOCK_RETRIES)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+        raise AssertionError("unreachable")
+
     async def _begin(self) -> None:
         delay = 0.05
         for attempt in range(LOCK_RETRIES):
@@ -120,7 +223,7 @@ class Database:
                 await self.conn.execute("BEGIN IMMEDIATE")
                 return
             except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc):
+                if not _is_busy(exc):
                     raise
                 if attempt == LOCK_RETRIES - 1:
                     raise

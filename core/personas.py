@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,21 +55,53 @@ def _loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
+ID_CACHE_MAX = 100_000
+
+
 class PersonaStore:
-    """All persona reads and writes. Writes run inside ``Database.write()`` transactions."""
+    """All persona reads and writes. Writes run inside ``Database.write()`` transactions.
+
+    ``(platform, user_id) -> persona_id`` is cached in memory (bounded) because every message
+    needs it. The cache is a hint: the per-message transaction re-checks the mapping (see
+    ``identity_in``), so a link or deletion by another process is noticed, not trusted.
+    """
 
     def __init__(self, db: Database, schema: PersonaSchema) -> None:
         self.db = db
         self.schema = schema
+        self._ids: dict[tuple[str, str], int] = {}
 
     # -- identities -----------------------------------------------------------------------
 
-    async def find(self, ident: Identity) -> int | None:
-        row = await self.db.fetchone(
+    def _remember(self, ident: Identity, persona_id: int) -> None:
+        if len(self._ids) >= ID_CACHE_MAX:
+            self._ids.clear()
+        self._ids[(ident.platform, ident.user_id)] = persona_id
+
+    def forget_cached(self, ident: Identity | None = None) -> None:
+        """Drop one cached identity (or all of them)."""
+        if ident is None:
+            self._ids.clear()
+        else:
+            self._ids.pop((ident.platform, ident.user_id), None)
+
+    @staticmethod
+    def identity_in(conn: sqlite3.Connection, ident: Identity) -> int | None:
+        """The persona id of an identity, on the DB thread."""
+        row = conn.execute(
             "SELECT persona_id FROM identities WHERE platform = ? AND platform_user_id = ?",
             (ident.platform, ident.user_id),
-        )
+        ).fetchone()
         return None if row is None else int(row[0])
+
+    async def find(self, ident: Identity) -> int | None:
+        found = self._ids.get((ident.platform, ident.user_id))
+        if found is not None:
+            return found
+        found = await self.db.run(self.identity_in, ident)
+        if found is not None:
+            self._remember(ident, found)
+        return found
 
     async def resolve(self, ident: Identity) -> int:
         """The persona id of an identity, creating an empty persona the first time."""
@@ -76,7 +109,9 @@ class PersonaStore:
         if found is not None:
             return found
         async with self.db.write() as conn:
-            return await self.resolve_in(conn, ident)
+            persona_id = await self.resolve_in(conn, ident)
+        self._remember(ident, persona_id)
+        return persona_id
 
     async def resolve_in(self, conn: aiosqlite.Connection, ident: Identity) -> int:
         """Like ``resolve`` inside an open write transaction."""
@@ -114,6 +149,12 @@ class PersonaStore:
         one where the primary has no value, its history and messages move along, and the old
         persona is removed.
         """
+        try:
+            return await self._link(primary, other)
+        finally:
+            self.forget_cached()
+
+    async def _link(self, primary: Identity, other: Identity) -> int:
         async with self.db.write() as conn:
             target = await self.resolve_in(conn, primary)
             async with conn.execute(
@@ -150,12 +191,16 @@ class PersonaStore:
     # -- reading --------------------------------------------------------------------------
 
     async def load(self, persona_id: int) -> Persona:
-        rows = await self.db.fetchall(
+        return await self.db.run(self.load_sync, persona_id)
+
+    @staticmethod
+    def load_sync(conn: sqlite3.Connection, persona_id: int) -> Persona:
+        """``load`` on the DB thread (inside or outside a transaction)."""
+        persona = Persona(persona_id)
+        for name, value, version in conn.execute(
             "SELECT field, value, version FROM persona_fields WHERE persona_id = ?",
             (persona_id,),
-        )
-        persona = Persona(persona_id)
-        for name, value, version in rows:
+        ):
             persona.values[name] = json.loads(value)
             persona.versions[name] = int(version)
         return persona
@@ -364,6 +409,9 @@ class PersonaStore:
 
     async def delete(self, persona_id: int) -> bool:
         """Delete the persona and everything about it (identities, history, messages)."""
-        async with self.db.write() as conn:
-            cur = await conn.execute("DELETE FROM personas WHERE id = ?", (persona_id,))
-            return (cur.rowcount or 0) > 0
+        try:
+            async with self.db.write() as conn:
+                cur = await conn.execute("DELETE FROM personas WHERE id = ?", (persona_id,))
+                return (cur.rowcount or 0) > 0
+        finally:
+            self.forget_cached()

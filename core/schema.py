@@ -155,6 +155,9 @@ class FieldSpec:
 
 def clean_text(text: str) -> str:
     """Drop control and format characters (keeping newlines and tabs) and trim."""
+    if text.replace("\n", "").replace("\t", "").isprintable():
+        # fast path (C speed): no character of a C* category at all, nothing to drop
+        return text.strip()
     kept = [
         ch
         for ch in text

@@ -9,14 +9,14 @@ transaction that ends the session, so a scheduled update survives a crash or res
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
-
 from .db import Database
 
+SWEEP_BATCH = 100
 CHARS_PER_TOKEN = 4  # rough; good enough to bound prompt size without a tokenizer
 
 
@@ -49,103 +49,129 @@ class SessionManager:
     ) -> StoredMessage:
         """Store a message in the open session (starting one, and ending an idle one)."""
         now = time.time() if now is None else now
-        async with self.db.write() as conn:
-            ended: list[int] = []
-            async with conn.execute(
-                "SELECT id, last_message_at FROM sessions WHERE persona_id = ? AND platform = ?"
-                " AND chat_id = ? AND ended_at IS NULL ORDER BY id DESC LIMIT 1",
-                (persona_id, platform, chat_id),
-            ) as cur:
-                row = await cur.fetchone()
-            session_id = None
-            if row is not None:
-                if role == "user" and now - row[1] > self.idle_seconds:
-                    await self._end(conn, row[0], row[1], "idle")
-                    ended.append(int(row[0]))
-                else:
-                    session_id = int(row[0])
-            if session_id is None:
-                cur = await conn.execute(
-                    "INSERT INTO sessions (persona_id, platform, chat_id, started_at,"
-                    " last_message_at) VALUES (?, ?, ?, ?, ?)",
-                    (persona_id, platform, chat_id, now, now),
-                )
-                session_id = int(cur.lastrowid or 0)
+        return await self.db.transaction(
+            self.add_message_in, persona_id, platform, chat_id, role, content, now
+        )
+
+    def add_message_in(
+        self,
+        conn: sqlite3.Connection,
+        persona_id: int,
+        platform: str,
+        chat_id: str,
+        role: str,
+        content: str,
+        now: float,
+    ) -> StoredMessage:
+        """``add_message`` inside an open write transaction (runs on the DB thread)."""
+        ended: list[int] = []
+        row = conn.execute(
+            "SELECT id, last_message_at FROM sessions WHERE persona_id = ? AND platform = ?"
+            " AND chat_id = ? AND ended_at IS NULL ORDER BY id DESC LIMIT 1",
+            (persona_id, platform, chat_id),
+        ).fetchone()
+        session_id = None
+        if row is not None:
+            if role == "user" and now - row[1] > self.idle_seconds:
+                self._end(conn, row[0], row[1], "idle")
+                ended.append(int(row[0]))
             else:
-                await conn.execute(
-                    "UPDATE sessions SET last_message_at = ? WHERE id = ?", (now, session_id)
-                )
-            cur = await conn.execute(
-                "INSERT INTO messages (session_id, persona_id, role, content, platform,"
-                " chat_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (session_id, persona_id, role, content, platform, chat_id, now),
+                session_id = int(row[0])
+        if session_id is None:
+            cur = conn.execute(
+                "INSERT INTO sessions (persona_id, platform, chat_id, started_at,"
+                " last_message_at) VALUES (?, ?, ?, ?, ?)",
+                (persona_id, platform, chat_id, now, now),
             )
-            message_id = int(cur.lastrowid or 0)
-            if ended:
-                await self._schedule(conn, persona_id, now)
+            session_id = int(cur.lastrowid or 0)
+        else:
+            conn.execute("UPDATE sessions SET last_message_at = ? WHERE id = ?", (now, session_id))
+        cur = conn.execute(
+            "INSERT INTO messages (session_id, persona_id, role, content, platform,"
+            " chat_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (session_id, persona_id, role, content, platform, chat_id, now),
+        )
+        message_id = int(cur.lastrowid or 0)
+        if ended:
+            self._schedule(conn, persona_id, now)
         return StoredMessage(session_id, message_id, ended)
 
     async def end_open_session(
         self, persona_id: int, platform: str, chat_id: str, reason: str = "explicit"
     ) -> int | None:
         """End the person's open session in that chat; return its id (None if none)."""
-        async with self.db.write() as conn:
-            async with conn.execute(
+
+        def end(conn: sqlite3.Connection) -> int | None:
+            rows = conn.execute(
                 "SELECT id FROM sessions WHERE persona_id = ? AND platform = ? AND chat_id = ?"
                 " AND ended_at IS NULL",
                 (persona_id, platform, chat_id),
-            ) as cur:
-                rows = await cur.fetchall()
+            ).fetchall()
             now = time.time()
             for row in rows:
-                await self._end(conn, row[0], now, reason)
+                self._end(conn, row[0], now, reason)
             if rows:
-                await self._schedule(conn, persona_id, now)
-        return int(rows[-1][0]) if rows else None
+                self._schedule(conn, persona_id, now)
+            return int(rows[-1][0]) if rows else None
 
-    async def sweep_idle(self, now: float | None = None) -> list[tuple[int, int]]:
-        """End every session idle for longer than the timeout; return (persona, session)."""
+        return await self.db.transaction(end)
+
+    async def sweep_idle(
+        self, now: float | None = None, *, batch: int = SWEEP_BATCH, more: bool = True
+    ) -> list[tuple[int, int]]:
+        """End every session idle for longer than the timeout; return (persona, session).
+
+        Works in transactions of at most ``batch`` sessions so a large backlog (say, after a
+        long downtime) never holds the write lock for long: messages interleave. With
+        ``more=False`` only one batch is done (the caller loops).
+        """
         now = time.time() if now is None else now
-        async with self.db.write() as conn:
-            async with conn.execute(
-                "SELECT id, persona_id, last_message_at FROM sessions"
-                " WHERE ended_at IS NULL AND last_message_at < ?",
-                (now - self.idle_seconds,),
-            ) as cur:
-                rows = await cur.fetchall()
-            for sid, _pid, last in rows:
-                await self._end(conn, sid, last, "idle")
-            for pid in {r[1] for r in rows}:
-                await self._schedule(conn, pid, now)
-        return [(int(r[1]), int(r[0])) for r in rows]
 
-    async def _end(
-        self, conn: aiosqlite.Connection, session_id: int, at: float, reason: str
-    ) -> None:
-        await conn.execute(
+        def sweep(conn: sqlite3.Connection) -> list[tuple[int, int]]:
+            rows = conn.execute(
+                "SELECT id, persona_id, last_message_at FROM sessions"
+                " WHERE ended_at IS NULL AND last_message_at < ? LIMIT ?",
+                (now - self.idle_seconds, batch),
+            ).fetchall()
+            for sid, _pid, last in rows:
+                self._end(conn, sid, last, "idle")
+            for pid in {r[1] for r in rows}:
+                self._schedule(conn, pid, now)
+            return [(int(r[1]), int(r[0])) for r in rows]
+
+        ended: list[tuple[int, int]] = []
+        while True:
+            done = await self.db.transaction(sweep)
+            ended += done
+            if len(done) < batch or not more:
+                return ended
+
+    def _end(self, conn: sqlite3.Connection, session_id: int, at: float, reason: str) -> None:
+        conn.execute(
             "UPDATE sessions SET ended_at = ?, end_reason = ? WHERE id = ? AND ended_at IS NULL",
             (at, reason, session_id),
         )
 
-    async def _schedule(self, conn: aiosqlite.Connection, persona_id: int, now: float) -> None:
+    def _schedule(self, conn: sqlite3.Connection, persona_id: int, now: float) -> None:
         """If k finished sessions wait, queue one optimizer run over them (same transaction)."""
-        async with conn.execute(
-            "SELECT s.id FROM sessions s WHERE s.persona_id = ? AND s.ended_at IS NOT NULL"
-            " AND s.update_id IS NULL"
-            " AND EXISTS (SELECT 1 FROM messages m WHERE m.session_id = s.id AND m.role = 'user')"
-            " ORDER BY s.id",
-            (persona_id,),
-        ) as cur:
-            waiting = [int(r[0]) for r in await cur.fetchall()]
+        waiting = [
+            int(r[0])
+            for r in conn.execute(
+                "SELECT s.id FROM sessions s WHERE s.persona_id = ? AND s.ended_at IS NOT NULL"
+                " AND s.update_id IS NULL AND EXISTS (SELECT 1 FROM messages m"
+                " WHERE m.session_id = s.id AND m.role = 'user') ORDER BY s.id",
+                (persona_id,),
+            ).fetchall()
+        ]
         if len(waiting) < self.update_every:
             return
-        cur = await conn.execute(
+        cur = conn.execute(
             "INSERT INTO persona_updates (persona_id, status, session_ids, created_at)"
             " VALUES (?, 'pending', ?, ?)",
             (persona_id, json.dumps(waiting), now),
         )
         update_id = cur.lastrowid
-        await conn.executemany(
+        conn.executemany(
             "UPDATE sessions SET update_id = ? WHERE id = ?", [(update_id, s) for s in waiting]
         )
 
@@ -199,11 +225,24 @@ class SessionManager:
         """The newest messages of a session before ``before_id``, within both bounds."""
         if max_messages <= 0 or token_budget <= 0:
             return []
-        rows = await self.db.fetchall(
+        return await self.db.run(self.history_in, session_id, max_messages, token_budget, before_id)
+
+    @staticmethod
+    def history_in(
+        conn: sqlite3.Connection,
+        session_id: int,
+        max_messages: int,
+        token_budget: int,
+        before_id: int,
+    ) -> list[dict[str, str]]:
+        """``history`` on the DB thread (inside or outside a transaction)."""
+        if max_messages <= 0 or token_budget <= 0:
+            return []
+        rows = conn.execute(
             "SELECT role, content FROM messages WHERE session_id = ? AND id < ?"
             " AND role IN ('user', 'assistant') ORDER BY id DESC LIMIT ?",
             (session_id, before_id, max_messages),
-        )
+        ).fetchall()
         picked: list[dict[str, str]] = []
         used = 0
         for role, content in rows:
