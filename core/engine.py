@@ -352,11 +352,7 @@ class PersonaCore:
                     await on_delta(delta)
         except LLMError as exc:
             log.warning("chat reply failed for persona %s: %s", persona_id, exc)
-            reply.text, reply.ok, reply.error = (
-                self.config.chat.apology,
-                False,
-                ("llm_unavailable"),
-            )
+            reply.text, reply.ok, reply.error = self.config.chat.apology, False, "llm_unavailable"
             return reply
         reply.text = turn.text.strip() or "…"
         reply.tool_results = turn.tool_results

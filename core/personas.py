@@ -311,18 +311,11 @@ class PersonaStore:
         return changes, rejected
 
     async def _load_in(self, conn: aiosqlite.Connection, persona_id: int) -> Persona:
+        """``load`` inside an open write transaction (same connection, same thread)."""
         async with conn.execute("SELECT 1 FROM personas WHERE id = ?", (persona_id,)) as cur:
             if await cur.fetchone() is None:
                 raise PersonaNotFound(f"persona {persona_id} does not exist")
-        persona = Persona(persona_id)
-        async with conn.execute(
-            "SELECT field, value, version FROM persona_fields WHERE persona_id = ?",
-            (persona_id,),
-        ) as cur:
-            async for name, value, version in cur:
-                persona.values[name] = json.loads(value)
-                persona.versions[name] = int(version)
-        return persona
+        return await self.db.run(self.load_sync, persona_id)
 
     async def _write_changes(
         self,
