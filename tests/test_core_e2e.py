@@ -11,7 +11,16 @@ from aipersona.core.edits import Edit
 from aipersona.core.engine import PersonaCore
 from aipersona.core.personas import Identity
 from tests.conftest import make_config
-from tests.fakes.openai_server import CutStream, Error, FakeOpenAI, Hang, Json, Tools, system_text
+from tests.fakes.openai_server import (
+    CutStream,
+    Error,
+    FakeOpenAI,
+    Hang,
+    Json,
+    Tools,
+    system_text,
+    updates,
+)
 
 ALICE = Identity("cli", "alice")
 BOB = Identity("cli", "bob")
@@ -28,23 +37,9 @@ async def test_three_sessions_one_update_then_prompt_carries_it(
 ) -> None:
     fake_llm.push(
         "json",
-        Json(
-            {
-                "updates": [
-                    {
-                        "field": "Demographics.Career_Information",
-                        "op": "set",
-                        "value": "nurse",
-                        "evidence": "I am a nurse",
-                    },
-                    {
-                        "field": "Personality.Values_and_Interests",
-                        "op": "append",
-                        "value": ["climbing"],
-                        "evidence": "I love climbing",
-                    },
-                ]
-            }
+        updates(
+            ("Demographics.Career_Information", "set", "nurse", "I am a nurse"),
+            ("Personality.Values_and_Interests", "append", ["climbing"], "I love climbing"),
         ),
     )
     # two sessions: no optimizer call yet

@@ -44,9 +44,9 @@ from tests.fakes.openai_server import (
     CutStream,
     Error,
     FakeOpenAI,
-    Json,
     last_user_text,
     system_text,
+    updates,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -151,19 +151,7 @@ async def test_three_sessions_update_the_persona_and_the_next_prompt(
     core: PersonaCore, fake_llm: FakeOpenAI, fake: FakeDiscord
 ) -> None:
     fake_llm.push(
-        "json",
-        Json(
-            {
-                "updates": [
-                    {
-                        "field": "Demographics.Career_Information",
-                        "op": "set",
-                        "value": "nurse",
-                        "evidence": "I am a nurse",
-                    }
-                ]
-            }
-        ),
+        "json", updates(("Demographics.Career_Information", "set", "nurse", "I am a nurse"))
     )
     async with persona_bot(core) as bot:
         assert {c["name"] for c in fake.synced_commands[None]} == {

@@ -35,7 +35,14 @@ from aipersona.core.config import Config, ConfigError
 from aipersona.core.edits import Edit
 from aipersona.core.engine import PersonaCore
 from aipersona.core.personas import Identity
-from tests.fakes.openai_server import Error, FakeOpenAI, Hang, Json, last_user_text, system_text
+from tests.fakes.openai_server import (
+    Error,
+    FakeOpenAI,
+    Hang,
+    last_user_text,
+    system_text,
+    updates,
+)
 from tests.fakes.telegram_api import FakeTelegramAPI, parse_html
 
 TOKEN = "123456:TEST-TOKEN"
@@ -132,19 +139,7 @@ async def test_three_sessions_update_persona_and_next_prompt(
     core: PersonaCore, fake_llm: FakeOpenAI, tg: FakeTelegramAPI
 ) -> None:
     fake_llm.push(
-        "json",
-        Json(
-            {
-                "updates": [
-                    {
-                        "field": "Demographics.Career_Information",
-                        "op": "set",
-                        "value": "nurse",
-                        "evidence": "I am a nurse",
-                    }
-                ]
-            }
-        ),
+        "json", updates(("Demographics.Career_Information", "set", "nurse", "I am a nurse"))
     )
     async with polling(core, tg):
         for i in range(3):

@@ -34,6 +34,17 @@ class Json:
     value: Any
 
 
+def updates(*edits: tuple[str, str, Any, str]) -> Json:
+    """An optimizer reply from ``(field, op, value, evidence)`` tuples."""
+    return Json(
+        {
+            "updates": [
+                dict(zip(("field", "op", "value", "evidence"), e, strict=True)) for e in edits
+            ]
+        }
+    )
+
+
 @dataclass
 class Tools:
     calls: list[tuple[str, Any]]
