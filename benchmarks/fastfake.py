@@ -20,56 +20,41 @@ import statistics
 import sys
 import time
 
-REPLY = json.dumps(
-    {
-        "id": "chatcmpl-fast",
-        "object": "chat.completion",
-        "created": 0,
-        "model": "fake-model",
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": "Sure, happy to help."},
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": {"prompt_tokens": 100, "completion_tokens": 5, "total_tokens": 105},
-    }
-).encode()
-RESPONSE = (
-    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-    + str(len(REPLY)).encode()
-    + b"\r\nConnection: keep-alive\r\n\r\n"
-    + REPLY
-)
-JSON_REPLY = json.dumps(
-    {
-        "id": "chatcmpl-fast-json",
-        "object": "chat.completion",
-        "created": 0,
-        "model": "fake-model",
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": '{"updates": []}'},
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": {"prompt_tokens": 100, "completion_tokens": 5, "total_tokens": 105},
-    }
-).encode()
-JSON_RESPONSE = (
-    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-    + str(len(JSON_REPLY)).encode()
-    + b"\r\nConnection: keep-alive\r\n\r\n"
-    + JSON_REPLY
-)
-MODELS = json.dumps({"object": "list", "data": [{"id": "fake-model"}]}).encode()
-MODELS_RESPONSE = (
-    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-    + str(len(MODELS)).encode()
-    + b"\r\n\r\n"
-    + MODELS
+
+def _http_ok(body: bytes, *, keep_alive: bool = True) -> bytes:
+    """A complete HTTP/1.1 200 response carrying a JSON body."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+    head += str(len(body)).encode()
+    if keep_alive:
+        head += b"\r\nConnection: keep-alive"
+    return head + b"\r\n\r\n" + body
+
+
+def _completion(content: str, completion_id: str) -> bytes:
+    """A canned chat completion whose assistant message is ``content``."""
+    return json.dumps(
+        {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": 0,
+            "model": "fake-model",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 100, "completion_tokens": 5, "total_tokens": 105},
+        }
+    ).encode()
+
+
+REPLY = _completion("Sure, happy to help.", "chatcmpl-fast")
+RESPONSE = _http_ok(REPLY)
+JSON_RESPONSE = _http_ok(_completion('{"updates": []}', "chatcmpl-fast-json"))
+MODELS_RESPONSE = _http_ok(
+    json.dumps({"object": "list", "data": [{"id": "fake-model"}]}).encode(), keep_alive=False
 )
 
 

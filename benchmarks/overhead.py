@@ -56,16 +56,21 @@ async def prepare(core: PersonaCore, users: int) -> list[Identity]:
     return idents
 
 
+async def timed_message(core: PersonaCore, ident: Identity, i: int, lat: list[float]) -> None:
+    """One message through ``respond()``; its wall-clock latency is appended to ``lat``."""
+    t = time.perf_counter()
+    reply = await core.respond(ident, "chat", f"message {i}: what should I cook tonight?")
+    lat.append(time.perf_counter() - t)
+    assert reply.ok, reply.error
+
+
 async def closed_loop(core: PersonaCore, idents: list[Identity], total: int) -> dict:
     lat: list[float] = []
     per_user = max(1, total // len(idents))
 
     async def user(ident: Identity) -> None:
         for i in range(per_user):
-            t = time.perf_counter()
-            reply = await core.respond(ident, "chat", f"message {i}: what should I cook tonight?")
-            lat.append(time.perf_counter() - t)
-            assert reply.ok, reply.error
+            await timed_message(core, ident, i, lat)
 
     gc.collect()
     t0 = time.perf_counter()
@@ -79,12 +84,6 @@ async def open_loop(core: PersonaCore, idents: list[Identity], rate: float, seco
     rng = random.Random(1)
     tasks: list[asyncio.Task] = []
 
-    async def one(ident: Identity, i: int) -> None:
-        t = time.perf_counter()
-        reply = await core.respond(ident, "chat", f"message {i}: what should I cook tonight?")
-        lat.append(time.perf_counter() - t)
-        assert reply.ok, reply.error
-
     gc.collect()
     t0 = time.perf_counter()
     next_at = t0
@@ -94,7 +93,7 @@ async def open_loop(core: PersonaCore, idents: list[Identity], rate: float, seco
         delay = next_at - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(rng.choice(idents), i)))
+        tasks.append(asyncio.create_task(timed_message(core, rng.choice(idents), i, lat)))
         i += 1
     await asyncio.gather(*tasks)
     wall = time.perf_counter() - t0

@@ -67,7 +67,6 @@ async def soak(args: argparse.Namespace, base_url: str, tmp: str) -> None:
             await asyncio.sleep(1)
 
     async with PersonaCore(cfg, llm=llm) as core:
-
         freeze_startup_objects()  # as the standalone commands do
         gc.collect()
         base_rss = rss_mb()

@@ -205,10 +205,6 @@ class PersonaStore:
             persona.versions[name] = int(version)
         return persona
 
-    async def exists(self, persona_id: int) -> bool:
-        row = await self.db.fetchone("SELECT 1 FROM personas WHERE id = ?", (persona_id,))
-        return row is not None
-
     async def history(
         self, persona_id: int, *, field_name: str | None = None, limit: int = 200
     ) -> list[dict[str, Any]]:

@@ -219,14 +219,6 @@ class SessionManager:
             )
         return out
 
-    async def history(
-        self, session_id: int, *, max_messages: int, token_budget: int, before_id: int
-    ) -> list[dict[str, str]]:
-        """The newest messages of a session before ``before_id``, within both bounds."""
-        if max_messages <= 0 or token_budget <= 0:
-            return []
-        return await self.db.run(self.history_in, session_id, max_messages, token_budget, before_id)
-
     @staticmethod
     def history_in(
         conn: sqlite3.Connection,
