@@ -1,5 +1,5 @@
 """What the Discord and Telegram adapters share: settings, access control, rate limiting,
-message splitting and the persona-command texts. Platform code stays in the sub-packages."""
+message splitting and the user-facing texts. Platform code stays in the sub-packages."""
 
 from __future__ import annotations
 
@@ -108,6 +108,9 @@ class RateLimiter:
 
 def rate_limited_text(wait: float) -> str:
     return f"You're sending messages quickly; please wait {max(1, round(wait))} s and try again."
+
+
+ONLY_TEXT = "Sorry, I can only understand text messages, so please type what you want to say."
 
 
 def too_long_text(length: int, limit: int) -> str:

@@ -3,12 +3,12 @@ bounded history + the user message) and the tool-calling loop, plain or streamed
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from .injection import quote_json
 from .llm import Completion, LLMClient
 from .personas import Persona
 from .tools import ToolContext, ToolExecutor, ToolResult
@@ -31,11 +31,7 @@ def render_persona(persona: Persona) -> str:
     """Compact JSON of the non-empty fields, grouped by category."""
     if persona.is_empty():
         return EMPTY_PERSONA
-    return (
-        "<persona>\n"
-        + json.dumps(persona.nested(), ensure_ascii=False, separators=(",", ":"))
-        + "\n</persona>"
-    )
+    return "<persona>\n" + quote_json(persona.nested()) + "\n</persona>"
 
 
 def build_system_prompt(

@@ -10,14 +10,17 @@ import argparse
 import asyncio
 import json
 import logging
+import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from .config import Config, ConfigError
-from .db import Database, MigrationError
+from .db import Database, StorageError
 from .engine import PersonaCore, freeze_startup_objects
 from .local_model import LocalModelError
 from .personas import Identity, PersonaNotFound
@@ -58,6 +61,57 @@ def format_persona(persona: dict[str, dict[str, Any]]) -> str:
 
 # -- chat -----------------------------------------------------------------------------------
 
+INVALID_UTF8_NOTICE = (
+    "(your input had bytes that are not valid UTF-8; they were replaced by \ufffd)"
+)
+
+
+class LineReader:
+    """Lines of a file descriptor, read on a daemon thread.
+
+    A daemon thread (not the loop's default executor) so that Ctrl-C or SIGTERM never waits
+    for the user to type a line: asyncio.run joins executor threads on exit. It reads the
+    raw descriptor with ``os.read``: a thread blocked inside ``sys.stdin.buffer`` would hold
+    the buffer's lock, and interpreter shutdown aborts on that lock. Bytes that are not
+    UTF-8 are replaced by U+FFFD, visibly, instead of being dropped.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._lines: asyncio.Queue[tuple[str, bool] | None] = asyncio.Queue()
+        self._fd = fd
+        threading.Thread(target=self._read, name="aipersona-stdin", daemon=True).start()
+
+    def _put(self, item: tuple[str, bool] | None) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._lines.put_nowait, item)
+        except RuntimeError:
+            pass  # the loop is closed: nobody is listening any more
+
+    def _emit(self, raw: bytes) -> None:
+        try:
+            self._put((raw.decode("utf-8"), False))
+        except UnicodeDecodeError:
+            self._put((raw.decode("utf-8", errors="replace"), True))
+
+    def _read(self) -> None:
+        pending = b""
+        try:
+            while chunk := os.read(self._fd, 65536):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for raw in lines:
+                    self._emit(raw + b"\n")
+        except OSError:
+            pass  # the descriptor was closed
+        if pending:
+            self._emit(pending)
+        self._put(None)
+
+    async def readline(self) -> tuple[str, bool] | None:
+        """(line, had invalid bytes), or None at end of input."""
+        return await self._lines.get()
+
 
 async def _chat(args: argparse.Namespace) -> int:
     cfg = _config(args)
@@ -71,13 +125,16 @@ async def _chat(args: argparse.Namespace) -> int:
         freeze_startup_objects()
         if interactive:
             print(f"aipersona chat as {args.user!r}. /help for commands.", file=out)
-        loop = asyncio.get_running_loop()
+        reader = LineReader(sys.stdin.fileno())
         while True:
             if interactive:
                 print("you> ", end="", flush=True, file=out)
-            line = await loop.run_in_executor(None, sys.stdin.readline)
-            if not line:
+            got = await reader.readline()
+            if got is None:
                 break
+            line, invalid = got
+            if invalid:
+                print(INVALID_UTF8_NOTICE, file=out, flush=True)
             text = line.strip()
             if not text:
                 continue
@@ -287,11 +344,11 @@ def main(argv: list[str] | None = None) -> int:
         print("aipersona: rollback needs --version (a history entry id)", file=sys.stderr)
         return 2
     try:
-        return asyncio.run(args.func(args))
+        return run_command(args.func(args))
     except (
         CliError,
         ConfigError,
-        MigrationError,
+        StorageError,
         LocalModelError,
         PersonaNotFound,
         FieldValidationError,
@@ -301,6 +358,38 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def run_command(command: Coroutine[Any, Any, int]) -> int:
+    """``asyncio.run(command)`` with SIGTERM handled like Ctrl-C: the command is cancelled,
+    its ``finally`` blocks and context managers close what it opened, and the exit status is
+    143 (128 + SIGTERM)."""
+
+    async def main() -> int:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        terminated = False
+
+        def on_sigterm() -> None:
+            nonlocal terminated
+            terminated = True
+            task.cancel()
+
+        try:
+            loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+        except (NotImplementedError, RuntimeError):  # not the main thread, or no signals
+            return await command
+        try:
+            return await command
+        except asyncio.CancelledError:
+            if terminated:
+                return 128 + signal.SIGTERM
+            raise
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    return asyncio.run(main())
 
 
 def _load_optional_commands() -> None:

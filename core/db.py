@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import sqlite3
 import threading
@@ -64,7 +65,19 @@ def _in_transaction(conn: sqlite3.Connection, fn: Callable[..., T], args: tuple[
     return result
 
 
-class MigrationError(RuntimeError):
+class StorageError(RuntimeError):
+    """The database cannot be used; the message is one line, fit for the user."""
+
+
+class NotAnAipersonaDatabase(StorageError):
+    """The file is not SQLite, is damaged, or belongs to another program."""
+
+
+class DatabaseTooNew(StorageError):
+    """The database was migrated by a newer aipersona than this one."""
+
+
+class MigrationError(StorageError):
     """A migration failed and was rolled back."""
 
 
@@ -136,8 +149,51 @@ class _Checkpointer(threading.Thread):
             conn.close()
 
 
-def _ensure_parent(path: str) -> None:
-    Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
+
+
+def prepare_path(path: str) -> None:
+    """Check a database path before SQLite opens it; raise StorageError with one clear line.
+
+    An existing file must start with the SQLite header (random bytes or a text file are
+    refused without being touched). A new file is created here, readable by its owner only
+    (it holds personal data); a missing parent directory is created, as users expect.
+    """
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise StorageError(f"cannot use database {p}: it is a directory")
+    if p.exists():
+        try:
+            with p.open("rb") as fh:
+                head = fh.read(len(SQLITE_HEADER))
+        except OSError as exc:
+            raise StorageError(f"cannot read database {p}: {_reason(exc)}") from None
+        if head and head != SQLITE_HEADER:
+            raise NotAnAipersonaDatabase(
+                f"{p} is not an aipersona database (it is not an SQLite file); "
+                "point [database] path at a new or an aipersona file"
+            )
+        return
+    parent = p.parent
+    for ancestor in (parent, *parent.parents):
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise StorageError(
+                    f"cannot create database {p}: {ancestor} is a file, not a directory"
+                )
+            break
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return  # another process created it meanwhile: SQLite will open it
+    except OSError as exc:
+        raise StorageError(f"cannot create database {p}: {_reason(exc)}") from None
+    os.close(fd)
 
 
 class Database:
@@ -151,22 +207,97 @@ class Database:
 
     @classmethod
     async def open(cls, path: str | Path, *, busy_timeout_ms: int = 10_000) -> Database:
+        """Open (creating if new) an aipersona database.
+
+        Nothing is written to a file that is not an aipersona database or that a newer
+        aipersona migrated: those are refused (StorageError) after reading only. On any
+        failure the connection and its worker thread are closed before the error propagates.
+        """
         path = str(path)
-        if path != ":memory:":
-            await asyncio.to_thread(_ensure_parent, path)
-        conn = await aiosqlite.connect(path, isolation_level=None)
-        conn.row_factory = aiosqlite.Row
-        await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        if path != ":memory:":
-            await conn.execute("PRAGMA journal_mode = WAL")
-            await conn.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
-        await conn.execute("PRAGMA synchronous = NORMAL")
-        await conn.execute("PRAGMA foreign_keys = ON")
+        on_disk = path != ":memory:" and not path.startswith("file:")
+        if on_disk:
+            await asyncio.to_thread(prepare_path, path)
+        try:
+            conn = await aiosqlite.connect(path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open database {path}: {exc}") from None
         db = cls(conn, path)
-        if path != ":memory:" and not path.startswith("file:"):
+        try:
+            conn.row_factory = aiosqlite.Row
+            await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            await db.check_schema()  # reads only: refuse before any pragma writes
+            # deleted rows are overwritten with zeros, so deleted text does not linger in
+            # free space of the database file (the WAL is checkpointed after deletions)
+            await conn.execute("PRAGMA secure_delete = ON")
+            if path != ":memory:":
+                await conn.execute("PRAGMA journal_mode = WAL")
+                await conn.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
+            await conn.execute("PRAGMA synchronous = NORMAL")
+            await conn.execute("PRAGMA foreign_keys = ON")
+        except BaseException as exc:
+            await conn.close()
+            if isinstance(exc, sqlite3.DatabaseError) and "not a database" in str(exc):
+                raise NotAnAipersonaDatabase(
+                    f"{path} is not an aipersona database (damaged, or not an SQLite file)"
+                ) from None
+            if isinstance(exc, sqlite3.Error):
+                raise StorageError(f"cannot open database {path}: {exc}") from None
+            raise
+        if on_disk:
             db._checkpointer = _Checkpointer(path)
             db._checkpointer.start()
         return db
+
+    async def check_schema(self) -> None:
+        """Refuse a database of another program, or one migrated by a newer aipersona."""
+        tables = {r[0] for r in await self.fetchall("SELECT name FROM sqlite_master")}
+        tables = {t for t in tables if not t.startswith("sqlite_")}
+        if not tables:
+            return  # new and empty
+        if "schema_migrations" not in tables:
+            raise NotAnAipersonaDatabase(
+                f"{self.path} is not an aipersona database (an SQLite database of another "
+                "program: it has no schema_migrations table)"
+            )
+        try:
+            rows = await self.fetchall("SELECT version, name FROM schema_migrations")
+        except sqlite3.Error:
+            raise NotAnAipersonaDatabase(
+                f"{self.path} is not an aipersona database (its schema_migrations table is "
+                "not aipersona's)"
+            ) from None
+        known = {m.version: m.name for m in bundled_migrations()}
+        applied = {int(r[0]): str(r[1]) for r in rows}
+        newest = max(applied, default=0)
+        if newest > max(known, default=0):
+            raise DatabaseTooNew(
+                f"{self.path} is at schema version {newest}, newer than this aipersona "
+                f"(which knows up to {max(known, default=0)}); upgrade aipersona to use it"
+            )
+        for version, name in applied.items():
+            if known.get(version) != name:
+                raise NotAnAipersonaDatabase(
+                    f"{self.path} is not an aipersona database (migration {version} is "
+                    f"{name!r}, not aipersona's)"
+                )
+
+    async def checkpoint_truncate(self, attempts: int = 20) -> bool:
+        """Copy the WAL into the database file and truncate it to zero bytes.
+
+        Called after deletions: without it the deleted text would stay readable in old WAL
+        frames. Readers in other processes can hold it up; it is retried briefly and
+        reported (False) if it still cannot finish.
+        """
+        if self.path == ":memory:":
+            return True
+        for _ in range(attempts):
+            async with self._write_lock:
+                row = await self.fetchone("PRAGMA wal_checkpoint(TRUNCATE)")
+            if row is not None and row[0] == 0:
+                return True
+            await asyncio.sleep(0.05)
+        log.warning("WAL checkpoint after a deletion could not finish (readers busy)")
+        return False
 
     async def close(self) -> None:
         if self._checkpointer is not None:
@@ -253,6 +384,12 @@ class Database:
         """Apply the migrations not yet applied, each in its own transaction."""
         migrations = bundled_migrations() if migrations is None else migrations
         done = await self.applied_migrations()
+        newest_known = max((m.version for m in migrations), default=0)
+        if done and max(done) > newest_known:  # migrated by a newer process meanwhile
+            raise DatabaseTooNew(
+                f"{self.path} is at schema version {max(done)}, newer than this aipersona "
+                f"(which knows up to {newest_known}); upgrade aipersona to use it"
+            )
         applied = []
         for mig in migrations:
             if mig.version in done:

@@ -309,8 +309,9 @@ class PersonaCore:
         now: float,
     ) -> tuple[StoredMessage, Persona, list[dict[str, str]]] | None:
         """One write transaction on the DB thread: check the identity still maps to the
-        persona, store the user message, load the persona and the bounded history."""
-        if PersonaStore.identity_in(conn, identity) != persona_id:
+        persona (refreshing its display name), store the user message, load the persona and
+        the bounded history."""
+        if PersonaStore.touch_identity_in(conn, identity) != persona_id:
             return None
         stored = self.sessions.add_message_in(
             conn, persona_id, identity.platform, chat_id, "user", text, now
@@ -500,32 +501,53 @@ class PersonaCore:
             self._kick_updates(persona_id)
 
     async def _run_updates(self, persona_id: int) -> None:
+        """Run this persona's pending updates, oldest first.
+
+        The run stops at the first update that fails: a later update is never applied before
+        an earlier one (its facts would be overwritten by older ones). The failed update is
+        retried at the next session end or start, until ``max_update_attempts`` marks it
+        ``failed``; then the later ones proceed. Other personas run in their own tasks, so
+        one persona's bad update never holds up another's.
+        """
         for update in await self.sessions.pending_updates(persona_id):
-            await self.run_update(update)
+            if not await self._attempt_update(update):
+                return
 
     async def run_update(self, update: dict[str, Any]) -> list[Change]:
-        """Run one scheduled optimizer update: propose (no lock), then apply atomically."""
+        """Run one scheduled optimizer update: propose (no lock), then apply atomically.
+
+        Returns the changes made (empty if the attempt failed; the failure is stored)."""
+        changes: list[Change] = []
+        await self._attempt_update(update, changes)
+        return changes
+
+    async def _attempt_update(
+        self, update: dict[str, Any], changes_out: list[Change] | None = None
+    ) -> bool:
+        """One attempt at one update; True when it is no longer pending (done, failed for
+        good, or its persona gone), False when it will be retried.
+
+        Every failure, whatever the exception, counts as an attempt: the error is stored on
+        the row, which becomes ``failed`` after ``max_update_attempts``. Only cancellation
+        (shutdown, forget-all) passes through, leaving the row as it was.
+        """
         persona_id, update_id = update["persona_id"], update["id"]
-        transcripts = await self.sessions.transcripts(update["session_ids"])
-        persona = await self.store.load(persona_id)
         try:
+            transcripts = await self.sessions.transcripts(update["session_ids"])
+            persona = await self.store.load(persona_id)
             result = await self.optimizer.propose(persona.nested(), transcripts)
-        except LLMError as exc:
-            await self._update_failed(update, str(exc))
-            return []
 
-        async def mark_done(
-            conn: aiosqlite.Connection, changes: list[Change], rejected: list[Rejected]
-        ) -> None:
-            note = "; ".join(r.reason for r in [*result.rejected, *rejected])[:2000] or None
-            await conn.execute(
-                "UPDATE persona_updates SET status = 'done', attempts = attempts + 1,"
-                " error = ?, finished_at = ? WHERE id = ?",
-                (note, time.time(), update_id),
-            )
+            async def mark_done(
+                conn: aiosqlite.Connection, changes: list[Change], rejected: list[Rejected]
+            ) -> None:
+                note = "; ".join(r.reason for r in [*result.rejected, *rejected])[:2000] or None
+                await conn.execute(
+                    "UPDATE persona_updates SET status = 'done', attempts = attempts + 1,"
+                    " error = ?, finished_at = ? WHERE id = ?",
+                    (note, time.time(), update_id),
+                )
 
-        async with self.locks.hold(persona_id):
-            try:
+            async with self.locks.hold(persona_id):
                 changes, _ = await self._apply_edits(
                     persona_id,
                     result.edits,
@@ -533,17 +555,25 @@ class PersonaCore:
                     session_ids=update["session_ids"],
                     also=mark_done,
                 )
-            except PersonaNotFound:
-                return []
+        except PersonaNotFound:
+            return True  # forgotten meanwhile: its rows are gone with it
+        except LLMError as exc:
+            return await self._update_failed(update, str(exc))
+        except Exception as exc:  # a bug or a hostile reply: still one bounded attempt
+            log.exception("persona update %s raised", update_id)
+            return await self._update_failed(update, f"{type(exc).__name__}: {exc}")
+        if changes_out is not None:
+            changes_out.extend(changes)
         log.info(
             "persona %s updated from sessions %s: %d change(s)",
             persona_id,
             update["session_ids"],
             len(changes),
         )
-        return changes
+        return True
 
-    async def _update_failed(self, update: dict[str, Any], error: str) -> None:
+    async def _update_failed(self, update: dict[str, Any], error: str) -> bool:
+        """Count a failed attempt and store its error; True if the update failed for good."""
         attempts = update["attempts"] + 1
         status = "failed" if attempts >= self.config.persona.max_update_attempts else "pending"
         log.warning("persona update %s failed (attempt %d): %s", update["id"], attempts, error)
@@ -552,6 +582,7 @@ class PersonaCore:
                 "UPDATE persona_updates SET attempts = ?, status = ?, error = ? WHERE id = ?",
                 (attempts, status, error[:2000], update["id"]),
             )
+        return status == "failed"
 
     async def wait_for_updates(self) -> None:
         """Wait until no persona update is running (for the CLI and tests)."""

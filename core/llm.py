@@ -7,7 +7,6 @@ message is safe to log: it never contains the API key or the prompt.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -17,6 +16,7 @@ from typing import Any
 import openai
 from openai import AsyncOpenAI
 
+from . import bounded_json
 from .config import LLMSettings
 
 log = logging.getLogger(__name__)
@@ -96,8 +96,19 @@ _JSON_BLOCK_RE = re.compile(r"```(?:json)?\s*(\{.*?\})\s*```", re.DOTALL)
 
 
 def extract_json_object(text: str) -> Any:
-    """Parse a JSON object from model text: whole text, a fenced block, or the first {...}."""
+    """Parse a JSON object from model text: whole text, a fenced block, or the first {...}.
+
+    The text and every candidate are parsed within ``bounded_json``'s size and depth limits:
+    a reply too long or nested too deeply is a StructuredOutputError like any other
+    unusable reply (retryable), never a RecursionError.
+    """
     text = (text or "").strip()
+    if len(text) > bounded_json.MAX_CHARS:
+        raise StructuredOutputError(
+            f"the model reply is {len(text):,} characters, over the "
+            f"{bounded_json.MAX_CHARS:,} a JSON reply may have",
+            retryable=True,
+        )
     candidates = [text]
     candidates += _JSON_BLOCK_RE.findall(text)
     start = text.find("{")
@@ -121,13 +132,19 @@ def extract_json_object(text: str) -> Any:
                 if depth == 0:
                     candidates.append(text[start : i + 1])
                     break
+    too_deep: bounded_json.JSONBoundsError | None = None
     for cand in candidates:
         try:
-            value = json.loads(cand)
-        except (json.JSONDecodeError, ValueError):
+            value = bounded_json.loads(cand)
+        except bounded_json.JSONBoundsError as exc:
+            too_deep = exc
+            continue
+        except ValueError:
             continue
         if isinstance(value, dict):
             return value
+    if too_deep is not None:
+        raise StructuredOutputError(f"the model reply is unusable: {too_deep}", retryable=True)
     raise StructuredOutputError("the model reply holds no JSON object", retryable=True)
 
 
@@ -215,11 +232,11 @@ class LLMClient:
             resp = await self._create(params)
         except openai.OpenAIError as exc:
             raise self._wrap(exc) from exc
-        except (ValueError, TypeError) as exc:  # a 2xx body that is not JSON
+        except (ValueError, TypeError, RecursionError) as exc:  # a 2xx body that is not JSON
             raise LLMError(MALFORMED_REPLY) from exc
         try:
             return _parse_completion(resp)
-        except (AttributeError, TypeError, ValueError, IndexError, KeyError) as exc:
+        except (AttributeError, TypeError, ValueError, IndexError, KeyError, RecursionError) as exc:
             raise LLMError(MALFORMED_REPLY) from exc
 
     async def stream(
@@ -264,7 +281,7 @@ class LLMClient:
                         slot["arguments"] += tc.function.arguments or ""
         except openai.OpenAIError as exc:
             raise self._wrap(exc) from exc
-        except (AttributeError, TypeError, ValueError, IndexError, KeyError) as exc:
+        except (AttributeError, TypeError, ValueError, IndexError, KeyError, RecursionError) as exc:
             raise LLMError(MALFORMED_REPLY) from exc
         if out.finish_reason is None and not out.content and not calls:
             raise LLMError("the model stream ended before any answer")

@@ -7,13 +7,13 @@ in the README so any server can serve it) is a ``json_schema`` response named
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from .edits import OPS, Edit, Rejected
-from .llm import Completion, LLMClient
+from .edits import MAX_EVIDENCE_CHARS, OPS, Edit, Rejected
+from .injection import quote_json
+from .llm import Completion, LLMClient, StructuredOutputError
 from .schema import FieldValidationError, PersonaSchema
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,16 @@ Reply with JSON only, exactly of this shape:
 
 
 def update_json_schema(schema: PersonaSchema) -> dict[str, Any]:
-    """The JSON Schema of the optimizer's reply (``response_format`` json_schema)."""
+    """The JSON Schema of the optimizer's reply (``response_format`` json_schema).
+
+    Strings and lists carry the schema's largest limits: servers that constrain decoding to
+    the schema (llama.cpp's grammar) then cannot ramble inside one value until
+    ``max_tokens`` cuts the JSON off.
+    """
+    specs = schema.ordered()
+    max_chars = max((s.max_chars for s in specs), default=500)
+    max_items = max((s.max_items for s in specs), default=20)
+    text = {"type": "string", "maxLength": max_chars}
     return {
         "type": "object",
         "properties": {
@@ -57,17 +66,17 @@ def update_json_schema(schema: PersonaSchema) -> dict[str, Any]:
                 "items": {
                     "type": "object",
                     "properties": {
-                        "field": {"type": "string", "enum": [s.name for s in schema.ordered()]},
+                        "field": {"type": "string", "enum": [s.name for s in specs]},
                         "op": {"type": "string", "enum": list(OPS)},
                         "value": {
                             "anyOf": [
-                                {"type": "string"},
+                                text,
                                 {"type": "integer"},
-                                {"type": "array", "items": {"type": "string"}},
+                                {"type": "array", "items": text, "maxItems": max_items},
                                 {"type": "null"},
                             ]
                         },
-                        "evidence": {"type": "string"},
+                        "evidence": {"type": "string", "maxLength": MAX_EVIDENCE_CHARS},
                     },
                     "required": ["field", "op", "value", "evidence"],
                     "additionalProperties": False,
@@ -80,15 +89,13 @@ def update_json_schema(schema: PersonaSchema) -> dict[str, Any]:
 
 
 def render_transcripts(transcripts: list[dict[str, Any]], max_chars: int) -> str:
-    """Sessions as JSON lines (data, not prose), newest kept when over budget."""
+    """Sessions as JSON lines (data, not prose, no literal angle brackets), newest kept when
+    over budget."""
     blocks: list[str] = []
     used = 0
     for t in reversed(transcripts):
-        lines = [json.dumps({"session": t["session_id"]}, ensure_ascii=False)]
-        lines += [
-            json.dumps({"role": m["role"], "text": m["content"]}, ensure_ascii=False)
-            for m in t["messages"]
-        ]
+        lines = [quote_json({"session": t["session_id"]})]
+        lines += [quote_json({"role": m["role"], "text": m["content"]}) for m in t["messages"]]
         block = "\n".join(lines)
         if used + len(block) > max_chars:
             block = block[: max(0, max_chars - used)]
@@ -131,7 +138,7 @@ class PersonaOptimizer:
         system = OPTIMIZER_INSTRUCTIONS.replace("{fields}", self.schema.describe())
         user = (
             "<persona>\n"
-            + json.dumps(persona, ensure_ascii=False, indent=1)
+            + quote_json(persona, indent=1)
             + "\n</persona>\n\n<sessions>\n"
             + render_transcripts(transcripts, self.max_transcript_chars)
             + "\n</sessions>\n\nReturn the JSON edits now."
@@ -158,12 +165,20 @@ class PersonaOptimizer:
 
 
 def parse_updates(data: Any) -> OptimizerResult:
-    """Turn the reply object into Edit objects; malformed items are rejected with a reason."""
+    """Turn the reply object into Edit objects; malformed items are rejected with a reason.
+
+    A reply with no ``updates`` list at all (``{"edits": ...}``, ``{"updates": null}``) is
+    not "no change": it is unusable, so it raises StructuredOutputError and the update stays
+    pending, to be retried up to ``max_update_attempts`` times (the README's promise).
+    """
     result = OptimizerResult()
     updates = data.get("updates") if isinstance(data, dict) else None
     if not isinstance(updates, list):
-        result.rejected.append(Rejected(data, "reply has no 'updates' list"))
-        return result
+        keys = ", ".join(sorted(map(str, data))[:5]) if isinstance(data, dict) else ""
+        raise StructuredOutputError(
+            f"the optimizer reply has no 'updates' list (keys: {keys or 'none'})",
+            retryable=True,
+        )
     for raw in updates[:MAX_UPDATES]:
         try:
             result.edits.append(Edit.from_json(raw))

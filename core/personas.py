@@ -57,6 +57,18 @@ def _loads(text: str | None) -> Any:
 
 ID_CACHE_MAX = 100_000
 
+# where each table's rows go in an export (tests/…::test_export_covers_every_table checks
+# that every table of the schema is listed here)
+EXPORTED_TABLES = {
+    "personas": "created_at/updated_at",
+    "identities": "identities",
+    "persona_fields": "persona + field_versions",
+    "persona_versions": "history",
+    "sessions": "sessions",
+    "messages": "messages",
+    "persona_updates": "persona_updates",
+}
+
 
 class PersonaStore:
     """All persona reads and writes. Writes run inside ``Database.write()`` transactions.
@@ -93,6 +105,25 @@ class PersonaStore:
             (ident.platform, ident.user_id),
         ).fetchone()
         return None if row is None else int(row[0])
+
+    @staticmethod
+    def touch_identity_in(conn: sqlite3.Connection, ident: Identity) -> int | None:
+        """``identity_in`` inside a write transaction, also storing a changed display name
+        (operators search by it; a user renamed on the platform is found by the new name)."""
+        row = conn.execute(
+            "SELECT persona_id, display_name FROM identities"
+            " WHERE platform = ? AND platform_user_id = ?",
+            (ident.platform, ident.user_id),
+        ).fetchone()
+        if row is None:
+            return None
+        if ident.display_name and ident.display_name != row[1]:
+            conn.execute(
+                "UPDATE identities SET display_name = ? WHERE platform = ? AND"
+                " platform_user_id = ?",
+                (ident.display_name, ident.platform, ident.user_id),
+            )
+        return int(row[0])
 
     async def find(self, ident: Identity) -> int | None:
         found = self._ids.get((ident.platform, ident.user_id))
@@ -240,31 +271,59 @@ class PersonaStore:
         ]
 
     async def export(self, persona_id: int) -> dict[str, Any]:
-        """Everything stored about a person (persona, versions, sessions, messages)."""
+        """Everything stored about a person: every row of every table that belongs to the
+        persona (``EXPORTED_TABLES`` says where each table goes; a test checks that no
+        table is left out)."""
         persona = await self.load(persona_id)
+        row = await self.db.fetchone(
+            "SELECT created_at, updated_at FROM personas WHERE id = ?", (persona_id,)
+        )
+        if row is None:
+            raise PersonaNotFound(f"persona {persona_id} does not exist")
+        identities = await self.db.fetchall(
+            "SELECT platform, platform_user_id, display_name, linked_at FROM identities"
+            " WHERE persona_id = ? ORDER BY linked_at",
+            (persona_id,),
+        )
         sessions = await self.db.fetchall(
-            "SELECT id, platform, chat_id, started_at, last_message_at, ended_at, end_reason"
-            " FROM sessions WHERE persona_id = ? ORDER BY id",
+            "SELECT id, platform, chat_id, started_at, last_message_at, ended_at, end_reason,"
+            " update_id FROM sessions WHERE persona_id = ? ORDER BY id",
             (persona_id,),
         )
         messages = await self.db.fetchall(
-            "SELECT session_id, role, content, platform, chat_id, created_at FROM messages"
+            "SELECT id, session_id, role, content, platform, chat_id, created_at FROM messages"
             " WHERE persona_id = ? ORDER BY id",
             (persona_id,),
         )
+        updates = await self.db.fetchall(
+            "SELECT id, status, session_ids, attempts, error, created_at, finished_at"
+            " FROM persona_updates WHERE persona_id = ? ORDER BY id",
+            (persona_id,),
+        )
         return {
-            "format": "aipersona.export/1",
+            "format": "aipersona.export/2",
             "exported_at": time.time(),
             "persona_id": persona_id,
+            "created_at": row["created_at"],
+            "updated_at": row["updated_at"],
             "identities": [
-                {"platform": i.platform, "user_id": i.user_id, "display_name": i.display_name}
-                for i in await self.identities(persona_id)
+                {
+                    "platform": r["platform"],
+                    "user_id": r["platform_user_id"],
+                    "display_name": r["display_name"],
+                    "linked_at": r["linked_at"],
+                }
+                for r in identities
             ],
             "persona": persona.nested(),
             "field_versions": persona.versions,
             "history": list(reversed(await self.history(persona_id, limit=1_000_000))),
             "sessions": [dict(r) for r in sessions],
             "messages": [dict(r) for r in messages],
+            "persona_updates": [
+                {**dict(r), "session_ids": json.loads(r["session_ids"]), "notes": r["error"]}
+                for r in updates
+            ],
         }
 
     # -- writing --------------------------------------------------------------------------
@@ -397,10 +456,18 @@ class PersonaStore:
             return [change]
 
     async def delete(self, persona_id: int) -> bool:
-        """Delete the persona and everything about it (identities, history, messages)."""
+        """Delete the persona and everything about it (identities, history, messages).
+
+        With ``secure_delete`` on (see ``Database.open``) the rows are overwritten with zeros
+        in the database file; the WAL, which still holds the old pages, is then checkpointed
+        and truncated, so the deleted text is in none of the database's files.
+        """
         try:
             async with self.db.write() as conn:
                 cur = await conn.execute("DELETE FROM personas WHERE id = ?", (persona_id,))
-                return (cur.rowcount or 0) > 0
+                deleted = (cur.rowcount or 0) > 0
         finally:
             self.forget_cached()
+        if deleted:
+            await self.db.checkpoint_truncate()
+        return deleted

@@ -13,25 +13,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .injection import instruction_reason
+
 FieldType = Literal["string", "integer", "string_list", "enum"]
 
 DEFAULT_MAX_CHARS = 500
 DEFAULT_MAX_ITEMS = 20
 
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}\.[A-Za-z][A-Za-z0-9_]{0,63}$")
-
-# Values are facts about the user. Text that reads as an order to the assistant is not a fact;
-# it is refused before it can reach a prompt (defence in depth: prompts also quote values as
-# JSON data).
-_INSTRUCTION_PATTERNS = [
-    r"\b(ignore|disregard|forget|override)\b.{0,40}\b(instruction|prompt|rule|directive)s?\b",
-    r"\b(system|developer)\s+(prompt|message|instruction)s?\b",
-    r"\byou\s+(are|will)\s+now\b",
-    r"\b(reveal|show|print|dump|leak)\b.{0,40}\b(other|all|every)\s+(user|person|people|persona)s?\b",
-    r"</?\s*(system|assistant|im_start|im_end)\s*>",
-    r"<\|im_(start|end)\|>",
-]
-_INSTRUCTION_RE = re.compile("|".join(_INSTRUCTION_PATTERNS), re.IGNORECASE | re.DOTALL)
 
 
 class FieldValidationError(ValueError):
@@ -99,10 +88,14 @@ class FieldSpec:
             raise FieldValidationError(
                 f"{self.name}: {what} is {len(text)} characters, the limit is {self.max_chars}"
             )
-        if _INSTRUCTION_RE.search(text):
+        # Values are facts about the user. Text that reads as an order to the assistant is
+        # not a fact; it is refused before it can reach a prompt (defence in depth: prompts
+        # also quote values as escaped JSON data).
+        reason = instruction_reason(text)
+        if reason is not None:
             raise FieldValidationError(
-                f"{self.name}: {what} reads as an instruction to the assistant, not a fact "
-                "about the user"
+                f"{self.name}: {what} reads as an instruction to the assistant ({reason}), "
+                "not a fact about the user"
             )
         return text
 

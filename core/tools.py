@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
+from . import bounded_json
 from .edits import Change, Edit, Rejected
 from .schema import PersonaSchema
 
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_RESULT_CHARS = 8000
+MAX_ARGUMENT_CHARS = 64_000
 
 
 ApplyEdits = Callable[[list[Edit], str], Awaitable[tuple[list[Change], list[Rejected]]]]
@@ -114,11 +116,11 @@ class ToolExecutor:
         result = ToolResult(call_id, name, {})
         tool = self.tools.get(name)
         try:
-            args = json.loads(raw_arguments or "{}")
+            args = bounded_json.loads(raw_arguments or "{}", max_chars=MAX_ARGUMENT_CHARS)
             if not isinstance(args, dict):
                 raise ValueError("arguments must be a JSON object")
             result.arguments = args
-        except (json.JSONDecodeError, ValueError) as exc:
+        except ValueError as exc:
             result.error = f"invalid arguments for {name}: {exc}"
         if tool is None and result.error is None:
             result.error = f"unknown tool {name!r}; available: {', '.join(self.tools) or 'none'}"

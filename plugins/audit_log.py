@@ -22,53 +22,49 @@ log = logging.getLogger(__name__)
 
 
 class AuditLog:
-    def __init__(self) -> None:
-        self.path: Path | None = None
-        self._lock = threading.Lock()
+    """One core's audit log: registered on that core's plugin manager at start-up, so two
+    cores in one process (say, two bots) each write their own file."""
 
-    def configure(self, settings: dict[str, Any], default_dir: Path) -> None:
-        self.path = Path(settings.get("path") or default_dir / "aipersona-audit.jsonl")
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(self, event: dict[str, Any]) -> None:
-        if self.path is None:
-            return
         line = json.dumps({"ts": time.time(), **event}, ensure_ascii=False, default=str)
         with self._lock, self.path.open("a", encoding="utf-8") as fh:
             fh.write(line + "\n")
 
+    @hookimpl
+    def aipersona_after_persona_update(self, persona: Any, changes: list[Any], source: str) -> None:
+        for ch in changes:
+            self.write(
+                {
+                    "event": "persona_update",
+                    "persona_id": persona.id,
+                    "field": ch.field,
+                    "op": ch.op,
+                    "old_value": ch.old_value,
+                    "new_value": ch.new_value,
+                    "version": ch.version,
+                    "source": source,
+                    "evidence": ch.evidence,
+                    "session_ids": ch.session_ids,
+                }
+            )
 
-AUDIT = AuditLog()
-
-
-@hookimpl
-def aipersona_startup(core: Any, settings: dict[str, Any]) -> None:
-    db = Path(core.config.database.path)
-    AUDIT.configure(settings, db.parent if db.name != ":memory:" else Path.cwd())
-    log.info("audit log: %s", AUDIT.path)
-
-
-@hookimpl
-def aipersona_after_persona_update(persona: Any, changes: list[Any], source: str) -> None:
-    for ch in changes:
-        AUDIT.write(
-            {
-                "event": "persona_update",
-                "persona_id": persona.id,
-                "field": ch.field,
-                "op": ch.op,
-                "old_value": ch.old_value,
-                "new_value": ch.new_value,
-                "version": ch.version,
-                "source": source,
-                "evidence": ch.evidence,
-                "session_ids": ch.session_ids,
-            }
+    @hookimpl
+    def aipersona_after_tool_call(self, context: Any, name: str, error: str | None) -> None:
+        self.write(
+            {"event": "tool_call", "persona_id": context.persona_id, "tool": name, "error": error}
         )
 
 
 @hookimpl
-def aipersona_after_tool_call(context: Any, name: str, error: str | None) -> None:
-    AUDIT.write(
-        {"event": "tool_call", "persona_id": context.persona_id, "tool": name, "error": error}
-    )
+def aipersona_startup(core: Any, settings: dict[str, Any]) -> None:
+    """Give this core its own log (``[plugins.audit_log] path``, default beside the DB)."""
+    db = Path(core.config.database.path)
+    default_dir = db.parent if db.name != ":memory:" else Path.cwd()
+    audit = AuditLog(Path(settings.get("path") or default_dir / "aipersona-audit.jsonl"))
+    core.pm.register(audit, name=f"{__name__}.{id(core):x}")
+    log.info("audit log: %s", audit.path)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,21 @@ from aipersona.core.engine import PersonaCore
 from tests.fakes.openai_server import FakeOpenAI
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def run_cli(
+    *args: str, stdin: str | bytes = "", env: dict[str, str] | None = None, timeout: float = 60
+) -> tuple[int, str, str]:
+    """Run the ``aipersona`` command in a subprocess: (exit status, stdout, stderr)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "aipersona.core.cli", *args],
+        input=stdin.encode() if isinstance(stdin, str) else stdin,
+        capture_output=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+    out, err = (b.decode("utf-8", errors="replace") for b in (proc.stdout, proc.stderr))
+    return proc.returncode, out, err
 
 
 def make_config(db_path: Path, base_url: str, **overrides: Any) -> Config:

@@ -16,7 +16,7 @@ import discord
 import pytest
 from discord.ext import commands
 
-from aipersona.adapters.common import rate_limited_text, split_message
+from aipersona.adapters.common import ONLY_TEXT, rate_limited_text, split_message
 from aipersona.adapters.discord import (
     EXPORT_FILENAME,
     DiscordSettings,
@@ -245,6 +245,92 @@ async def test_reply_channels_bots_and_allowlists(core: PersonaCore, fake_llm: F
         "!wow, in a DM this is chat",
     ]
     assert await core.persona(ident(BOB)) is None
+
+
+# ------------------------------------------------------------------ non-text messages
+
+PNG = bytes.fromhex("89504e470d0a1a0a")  # enough of an image for the fake
+
+
+async def test_text_with_attachments_is_answered_as_text(
+    core: PersonaCore, fake_llm: FakeOpenAI, fake: FakeDiscord
+) -> None:
+    async with persona_bot(core):
+        sent = await chat(
+            fake, DM_ALICE, ALICE, "what breed is this cat?", attachments=[("cat.png", PNG)]
+        )
+        assert [m.content for m in sent] == ["echo: what breed is this cat?"]
+        sent = await chat(
+            fake,
+            CHANNEL,
+            BOB,
+            f"{MENTION} rate my photos",
+            mentions_bot=True,
+            attachments=[("a.png", PNG), ("b.png", PNG)],
+        )
+        assert [m.content for m in sent] == ["echo: rate my photos"]
+    assert [last_user_text(r) for r in fake_llm.chat_requests()] == [
+        "what breed is this cat?",
+        "rate my photos",
+    ]
+
+
+async def test_attachment_or_sticker_only_gets_exactly_one_notice(
+    core: PersonaCore, fake_llm: FakeOpenAI, fake: FakeDiscord
+) -> None:
+    async with persona_bot(core):
+        sent = await chat(fake, DM_ALICE, ALICE, "", attachments=[("voice-message.ogg", b"OggS")])
+        assert [m.content for m in sent] == [ONLY_TEXT]
+        sent = await chat(fake, DM_ALICE, ALICE, "", attachments=[(f"{i}.png", PNG) for i in "abc"])
+        assert [m.content for m in sent] == [ONLY_TEXT] * 2  # one per message, not per file
+        sent = await chat(fake, DM_ALICE, ALICE, "", stickers=["wave"])
+        assert [m.content for m in sent] == [ONLY_TEXT] * 3
+        await chat(fake, DM_ALICE, ALICE, "a barrier: earlier events are handled")
+    assert [m.content for m in fake.sent_messages(DM_ALICE)] == [ONLY_TEXT] * 3 + [
+        "echo: a barrier: earlier events are handled"
+    ]
+    assert all(m.reference_message_id is None for m in fake.sent_messages(DM_ALICE))
+    assert len(fake_llm.chat_requests()) == 1
+
+
+async def test_guild_media_gets_a_notice_only_when_addressed_to_the_bot(
+    core: PersonaCore, fake_llm: FakeOpenAI
+) -> None:
+    guild = FakeGuild(channels=[FakeChannel(5001, "general"), FakeChannel(5002, "ask-the-bot")])
+    async with FakeDiscord(guilds=[guild]) as fd:
+        with patched_discord(fd):
+            async with persona_bot(core, reply_channels=["5002"]):
+                await fd.send_message(CHANNEL, ALICE, "", attachments=[("cat.png", PNG)])
+                await fd.send_message(CHANNEL, ALICE, "my cat", attachments=[("cat.png", PNG)])
+                await fd.send_message(CHANNEL, BOB, "", stickers=["wave"])
+                asked = await chat(fd, CHANNEL, ALICE, f"{MENTION} hi", mentions_bot=True)
+                sent = await chat(
+                    fd, CHANNEL, BOB, "", stickers=["wave"], reference_message_id=asked[0].id
+                )
+                assert sent[-1].content == ONLY_TEXT and sent[-1].reference_message_id
+                sent = await chat(
+                    fd, CHANNEL, ALICE, MENTION, mentions_bot=True, attachments=[("x.png", PNG)]
+                )
+                assert sent[-1].content == ONLY_TEXT
+                sent = await chat(fd, 5002, BOB, "", attachments=[("y.png", PNG)])
+                assert [m.content for m in sent] == [ONLY_TEXT]
+                await chat(fd, DM_ALICE, ALICE, "a barrier: earlier events are handled")
+    assert [m.content for m in fd.sent_messages(CHANNEL)] == ["echo: hi", ONLY_TEXT, ONLY_TEXT]
+    assert [last_user_text(r) for r in fake_llm.chat_requests()] == [
+        "hi",
+        "a barrier: earlier events are handled",
+    ]
+
+
+async def test_media_notices_count_towards_the_rate_limit(
+    core: PersonaCore, fake_llm: FakeOpenAI, fake: FakeDiscord
+) -> None:
+    async with persona_bot(core, rate_limit_per_minute=1):
+        sent = await chat(fake, DM_ALICE, ALICE, "", stickers=["wave"])
+        assert sent[-1].content == ONLY_TEXT
+        sent = await chat(fake, DM_ALICE, ALICE, "", stickers=["wave"])
+        assert sent[-1].content in (rate_limited_text(60), rate_limited_text(59))
+    assert len(fake.sent_messages(DM_ALICE)) == 2
 
 
 # ------------------------------------------------------------------ persona commands

@@ -191,6 +191,19 @@ async def test_message_content_intent_is_enforced(fake: FakeDiscord) -> None:
     assert bot.user is not None and bot.user.mentioned_in(seen[1])
 
 
+async def test_stickers_and_attachments_on_incoming_messages(fake: FakeDiscord) -> None:
+    bot = make_bot()
+    seen = add_reply_listener(bot)
+    async with running_bot(bot):
+        await fake.send_message(7001, ALICE, "", stickers=["wave"])
+        await fake.send_message(CHANNEL, ALICE, "", attachments=[("a.png", b"png")])
+        await fake.wait_for(lambda: len(seen) == 2)
+    sticker, attached = seen
+    assert [s.name for s in sticker.stickers] == ["wave"] and sticker.content == ""
+    assert sticker.stickers[0].format is discord.StickerFormatType.png
+    assert [a.filename for a in attached.attachments] == ["a.png"] and not attached.stickers
+
+
 async def test_prefix_command(fake: FakeDiscord) -> None:
     bot = make_bot()
 

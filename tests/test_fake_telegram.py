@@ -319,6 +319,41 @@ async def test_reply_to_message_is_embedded(
     await fake.wait_for_sent(8, count=2)
 
 
+async def test_media_and_album_updates_parse_in_ptb(
+    fake: FakeTelegramAPI, app: Application
+) -> None:
+    photo = fake.push_media(5, 5, "photo", caption="hi @persona_test_bot")
+    sticker = fake.push_media(-100, 5, "sticker", chat_type="supergroup")
+    voice = fake.push_media(5, 5, "voice")
+    album = fake.push_album(5, 5, 3, caption="trip")
+    with pytest.raises(ValueError, match="no caption"):
+        fake.push_media(5, 5, "sticker", caption="stickers have none")
+    parsed = [Update.de_json(u, app.bot).message for u in (photo, sticker, voice, *album)]
+    assert all(m is not None for m in parsed)
+    p, s, v, *items = [m for m in parsed if m is not None]
+    assert p.photo and p.text is None and p.caption == "hi @persona_test_bot"
+    assert list(p.parse_caption_entities().values()) == ["@persona_test_bot"]
+    assert s.sticker is not None and s.sticker.type == "regular" and s.chat.type == "supergroup"
+    assert v.voice is not None and v.voice.mime_type == "audio/ogg"
+    assert {m.media_group_id for m in items} == {items[0].media_group_id} != {None}
+    assert [m.caption for m in items] == ["trip", None, None]
+    assert items[0].media_group_id != fake.push_album(5, 5, 2)[0]["message"]["media_group_id"]
+    tg_file = await app.bot.get_file(v.voice.file_id)  # the media is stored like documents
+    assert bytes(await tg_file.download_as_bytearray()) == b"media:voice"
+
+
+async def test_calls_are_timed(fake: FakeTelegramAPI, app: Application) -> None:
+    before = time.monotonic()
+    await app.bot.send_message(1, "first")
+    await asyncio.sleep(0.2)
+    await app.bot.send_chat_action(1, ChatAction.TYPING)
+    assert len(fake.call_times) == len(fake.calls)
+    ((first, name, params),) = fake.timed_calls("sendMessage")
+    ((second, _, _),) = fake.timed_calls("SENDCHATACTION")
+    assert name == "sendMessage" and params["text"] == "first"
+    assert before <= first and second - first >= 0.2 and second <= time.monotonic()
+
+
 # ------------------------------------------------------------------ bot methods via PTB
 
 

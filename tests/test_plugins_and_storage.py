@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +17,7 @@ from aipersona.core.hooks import hookimpl
 from aipersona.core.personas import Identity
 from aipersona.core.schema import FieldSpec
 from aipersona.core.tools import Tool
-from tests.conftest import make_config
+from tests.conftest import make_config, run_cli
 from tests.fakes.openai_server import FakeOpenAI, Json, Tools, system_text
 
 ALICE = Identity("cli", "alice")
@@ -238,18 +235,6 @@ async def test_migrations_are_tracked_and_failed_one_rolls_back(tmp_path: Path) 
     mode = await db.fetchone("PRAGMA journal_mode")
     assert mode is not None and mode[0] == "wal"
     await db.close()
-
-
-def run_cli(*args: str, stdin: str = "", env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "aipersona.core.cli", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **(env or {})},
-    )
-    return proc.returncode, proc.stdout, proc.stderr
 
 
 async def test_cli_chat_commands_and_persona_admin(fake_llm: FakeOpenAI, tmp_path: Path) -> None:

@@ -12,13 +12,11 @@ import sqlite3
 import sys
 import textwrap
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import openai._base_client
 import pytest
-from aiohttp import web
 
 from aipersona.core.db import Database, Migration, bundled_migrations
 from aipersona.core.edits import Edit
@@ -31,8 +29,8 @@ from tests.fakes.openai_server import (
     FakeOpenAI,
     Hang,
     Json,
+    Raw,
     Tools,
-    kind_of,
     system_text,
 )
 
@@ -62,30 +60,9 @@ AFTER = {
 }
 
 
-@dataclass
-class Raw:
-    """A raw HTTP answer (any body, even one that is not JSON)."""
-
-    status: int
-    text: str
-
-
-class RawFake(FakeOpenAI):
-    """FakeOpenAI that can also answer ``Raw`` items verbatim."""
-
-    async def _completions(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        queue = self.scripts[kind_of(body)]
-        if queue and isinstance(queue[0], Raw):
-            item = queue.popleft()
-            self.requests.append(body)
-            return web.Response(text=item.text, status=item.status, content_type="application/json")
-        return await super()._completions(request)
-
-
 @pytest.fixture
 async def raw_fake() -> Any:
-    async with RawFake() as fake:
+    async with FakeOpenAI() as fake:
         yield fake
 
 
@@ -126,7 +103,7 @@ FAILURES: dict[str, tuple[Any, int]] = {
 
 @pytest.mark.parametrize("case", list(FAILURES))
 async def test_endpoint_failure_is_short_bounded_and_keeps_the_message(
-    case: str, raw_fake: RawFake, db_path: Path, tiny_backoff: None
+    case: str, raw_fake: FakeOpenAI, db_path: Path, tiny_backoff: None
 ) -> None:
     cfg = make_config(db_path, raw_fake.base_url, llm={"max_retries": 2, "timeout_seconds": 0.3})
     async with PersonaCore(cfg) as core:
@@ -149,7 +126,7 @@ async def test_endpoint_failure_is_short_bounded_and_keeps_the_message(
 
 
 async def test_transient_500s_then_success_is_one_good_reply(
-    raw_fake: RawFake, db_path: Path
+    raw_fake: FakeOpenAI, db_path: Path
 ) -> None:
     cfg = make_config(db_path, raw_fake.base_url, llm={"max_retries": 2})
     async with PersonaCore(cfg) as core:
@@ -161,7 +138,7 @@ async def test_transient_500s_then_success_is_one_good_reply(
     assert data is not None and [m["role"] for m in data["messages"]] == ["user", "assistant"]
 
 
-async def test_stream_cut_half_way(raw_fake: RawFake, db_path: Path) -> None:
+async def test_stream_cut_half_way(raw_fake: FakeOpenAI, db_path: Path) -> None:
     cfg = make_config(db_path, raw_fake.base_url, llm={"max_retries": 2, "stream": True})
     pieces: list[str] = []
 
@@ -179,7 +156,9 @@ async def test_stream_cut_half_way(raw_fake: RawFake, db_path: Path) -> None:
         assert data is not None and all(m["role"] == "user" for m in data["messages"])
 
 
-async def test_invalid_tool_arguments_leave_persona_valid(raw_fake: RawFake, db_path: Path) -> None:
+async def test_invalid_tool_arguments_leave_persona_valid(
+    raw_fake: FakeOpenAI, db_path: Path
+) -> None:
     cfg = make_config(db_path, raw_fake.base_url, llm={"max_retries": 2})
     async with PersonaCore(cfg) as core:
         await known_persona(core)
@@ -205,7 +184,7 @@ async def test_invalid_tool_arguments_leave_persona_valid(raw_fake: RawFake, db_
 
 
 async def test_invalid_optimizer_json_is_bounded_and_changes_nothing(
-    raw_fake: RawFake, db_path: Path
+    raw_fake: FakeOpenAI, db_path: Path
 ) -> None:
     cfg = make_config(db_path, raw_fake.base_url, persona={"update_every": 1})
     raw_fake.json_default = lambda req: "not json at all {"

@@ -20,8 +20,9 @@ from hypothesis import strategies as st
 from telegram import Update
 from telegram.ext import Application, CommandHandler, ContextTypes, MessageHandler, filters
 
-from aipersona.adapters.common import HELP_TEXT
+from aipersona.adapters.common import HELP_TEXT, ONLY_TEXT
 from aipersona.adapters.telegram import (
+    FloodLimiter,
     TelegramSettings,
     build_application,
     html_chunks,
@@ -31,6 +32,7 @@ from aipersona.adapters.telegram import (
     run_telegram,
     setup_commands,
 )
+from aipersona.adapters.telegram.flood import leaky_bucket
 from aipersona.core.config import Config, ConfigError
 from aipersona.core.edits import Edit
 from aipersona.core.engine import PersonaCore
@@ -145,7 +147,7 @@ async def test_three_sessions_update_persona_and_next_prompt(
         for i in range(3):
             tg.push_message(ALICE, ALICE, f"session {i}: I am a nurse", first_name="Alice")
             await wait_text(tg, ALICE, f"echo: session {i}")
-            tg.push_message(ALICE, ALICE, "/end")
+            tg.push_message(ALICE, ALICE, "/end", first_name="Alice")
             await wait_text(tg, ALICE, "Session ended", count=i + 1)
         await core.wait_for_updates()
         assert len(fake_llm.json_requests()) == 1
@@ -153,7 +155,7 @@ async def test_three_sessions_update_persona_and_next_prompt(
         assert persona is not None
         assert persona.values == {"Demographics.Career_Information": "nurse"}
 
-        tg.push_message(ALICE, ALICE, "what should I do this weekend?")
+        tg.push_message(ALICE, ALICE, "what should I do this weekend?", first_name="Alice")
         await wait_text(tg, ALICE, "echo: what should I do")
     system = system_text(fake_llm.chat_requests()[-1])
     assert '"Career_Information":"nurse"' in system
@@ -230,7 +232,7 @@ async def test_ignored_updates_and_access_control(
         tg.push_update(bot_msg)
         edited = tg.make_message_update(ALICE, ALICE, "edited text")
         tg.push_update({"edited_message": edited["message"]})
-        tg.push_document(ALICE, ALICE, "notes.txt", b"not text")
+        tg.push_document(BOB, BOB, "notes.txt", b"not text")  # chat not allowed
         tg.push_message(33, 33, "stranger in private")  # user not allowed
         tg.push_message(BOB, BOB, "allowed user, chat not allowed")
         tg.push_message(ALICE, ALICE, "hello")
@@ -366,6 +368,221 @@ async def test_flood_control_is_waited_out_and_typing_repeats(
     assert tg.chat_actions.count((ALICE, "typing")) >= 4
 
 
+def max_in_window(times: list[float], window: float) -> int:
+    """The most of ``times`` that fall in any closed interval ``window`` seconds long."""
+    times = sorted(times)
+    best = start = 0
+    for end, t in enumerate(times):
+        while t - times[start] > window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+def test_leaky_bucket_never_exceeds_the_limit_in_a_window() -> None:
+    # burst + drain over the window = the limit (aiolimiter's own numbers would allow 2x)
+    assert leaky_bucket(30, 1.0) == (7.0, 7 / 23)
+    assert leaky_bucket(20, 60.0) == (5.0, 20.0)
+    assert leaky_bucket(1, 5.0) == (1.0, 5.0)
+    assert leaky_bucket(0, 60.0) == (0, 0)
+
+
+async def test_standalone_bot_has_the_flood_limiter(core: PersonaCore, tg: FakeTelegramAPI) -> None:
+    limiter = build_application(core, tg_settings(tg, flood_max_retries=2)).bot.rate_limiter
+    assert isinstance(limiter, FloodLimiter) and limiter.max_retries == 2
+    off = tg_settings(tg, flood_overall_messages=0, flood_group_messages=0, flood_max_retries=0)
+    assert build_application(core, off).bot.rate_limiter is None
+
+
+async def test_flood_limits_hold_in_every_window_and_every_reply_arrives(
+    core: PersonaCore, fake_llm: FakeOpenAI, tg: FakeTelegramAPI
+) -> None:
+    users = list(range(101, 110))
+    limits = {
+        "flood_overall_messages": 5,
+        "flood_overall_seconds": 1.0,
+        "flood_group_messages": 3,
+        "flood_group_seconds": 2.0,
+        "typing": False,
+    }
+    async with polling(core, tg, **limits):
+        for user in users:  # 9 private replies at once: over the overall limit
+            tg.push_message(user, user, f"hi from {user}")
+        await tg.wait_for(lambda: len(tg.sent_messages()) == 9, timeout=10)
+        for user in users[:4]:  # 4 replies into one group at once: over its limit
+            tg.push_message(GROUP, user, f"@{BOT} group hi from {user}", chat_type="supergroup")
+        await tg.wait_for(lambda: len(tg.sent_messages()) == 13, timeout=10)
+    for user in users:
+        assert texts(tg, user) == [f"echo: hi from {user}"]
+    assert sorted(texts(tg, GROUP)) == sorted(f"echo: group hi from {u}" for u in users[:4])
+    sends = [(at, p["chat_id"]) for at, _, p in tg.timed_calls() if "chat_id" in p]
+    assert len(sends) == 13
+    # times of arrival at the server; 50 ms off the window allow for loopback jitter
+    assert max_in_window([at for at, _ in sends], 1.0 - 0.05) <= 5
+    assert max_in_window([at for at, chat in sends if chat == GROUP], 2.0 - 0.05) <= 3
+
+
+async def test_typing_does_not_use_up_a_groups_flood_limit(
+    core: PersonaCore, fake_llm: FakeOpenAI, tg: FakeTelegramAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(outbox, "TYPING_EVERY", 0.1)
+    fake_llm.push("chat", Hang(1.0))
+    # one message per 10 s into a group: a counted "typing…" would hold the reply back 10 s
+    async with polling(core, tg, flood_group_messages=1, flood_group_seconds=10.0):
+        asked = tg.push_message(GROUP, ALICE, f"@{BOT} slow one", chat_type="supergroup")
+        await wait_text(tg, GROUP, "echo: slow one", within=4)
+    assert tg.chat_actions.count((GROUP, "typing")) >= 5
+    (sent,) = tg.sent_messages(GROUP)
+    assert sent["reply_parameters"]["message_id"] == asked["message"]["message_id"]
+
+
+@pytest.mark.filterwarnings("ignore::telegram.warnings.PTBDeprecationWarning")  # PTB's own
+async def test_retry_after_is_waited_out_and_the_reply_sent_once(
+    core: PersonaCore, fake_llm: FakeOpenAI, tg: FakeTelegramAPI
+) -> None:
+    async with polling(core, tg):
+        tg.fail_next("sendMessage", 429, retry_after=1)
+        tg.push_message(ALICE, ALICE, "are you flooded?")
+        await wait_text(tg, ALICE, "echo: are you flooded?", within=8)
+        await asyncio.sleep(0.5)
+    refused, sent = tg.timed_calls("sendMessage")
+    assert sent[0] - refused[0] >= 1.0  # Telegram's retry_after was honoured
+    assert texts(tg, ALICE) == ["echo: are you flooded?"]
+
+
+@pytest.mark.filterwarnings("ignore::telegram.warnings.PTBDeprecationWarning")
+async def test_outbox_does_not_retry_what_the_limiter_gave_up(
+    core: PersonaCore, fake_llm: FakeOpenAI, tg: FakeTelegramAPI
+) -> None:
+    async with polling(core, tg, flood_max_retries=1):
+        tg.fail_next("sendMessage", 429, retry_after=1, times=2)
+        tg.push_message(ALICE, ALICE, "still flooded?")
+        await tg.wait_for(lambda: len(tg.calls_to("sendMessage")) == 2, timeout=8)
+        await asyncio.sleep(1.6)  # an extra wait-and-retry would have come by now
+    assert len(tg.calls_to("sendMessage")) == 2  # the first try and flood_max_retries = 1
+    assert texts(tg, ALICE) == []
+
+
+@pytest.mark.filterwarnings("ignore::telegram.warnings.PTBDeprecationWarning")
+async def test_embedded_without_a_rate_limiter_the_outbox_waits_out_flood_control(
+    core: PersonaCore, fake_llm: FakeOpenAI, tg: FakeTelegramAPI
+) -> None:
+    app = Application.builder().token(TOKEN).base_url(tg.base_url).build()
+    register_persona_handlers(app, core, tg_settings(tg), menu=False)
+    assert app.bot.rate_limiter is None
+    async with app:
+        await app.start()
+        assert app.updater is not None
+        await app.updater.start_polling(poll_interval=0, timeout=dtm.timedelta(seconds=1))
+        try:
+            tg.fail_next("sendMessage", 429, retry_after=1)
+            tg.push_message(ALICE, ALICE, "host without limiter")
+            await wait_text(tg, ALICE, "echo: host without limiter", within=8)
+        finally:
+            await app.updater.stop()
+            await app.stop()
+    refused, sent = tg.timed_calls("sendMessage")
+    assert sent[0] - refused[0] >= 1.0
+    assert texts(tg, ALICE) == ["echo: host without limiter"]
+
+
+# ------------------------------------------------------------------ non-text messages
+
+
+async def test_a_caption_is_answered_as_text(
+    core: PersonaCore, fake_llm: FakeOpenAI, tg: FakeTelegramAPI
+) -> None:
+    async with polling(core, tg):
+        tg.push_media(ALICE, ALICE, "photo", caption="what a view from the summit")
+        await wait_text(tg, ALICE, "echo: what a view from the summit")
+        tg.push_document(ALICE, ALICE, "plan.pdf", b"%PDF-1.4", caption="please check my plan")
+        await wait_text(tg, ALICE, "echo: please check my plan")
+    assert texts(tg, ALICE) == ["echo: what a view from the summit", "echo: please check my plan"]
+    assert [last_user_text(r) for r in fake_llm.chat_requests()] == [
+        "what a view from the summit",
+        "please check my plan",
+    ]
+
+
+async def test_sticker_voice_and_video_note_get_one_notice_each(
+    core: PersonaCore, fake_llm: FakeOpenAI, tg: FakeTelegramAPI
+) -> None:
+    async with polling(core, tg):
+        tg.push_media(ALICE, ALICE, "sticker")
+        tg.push_media(ALICE, ALICE, "voice")
+        tg.push_media(BOB, BOB, "video_note")
+        await wait_text(tg, ALICE, ONLY_TEXT, count=2)
+        await wait_text(tg, BOB, ONLY_TEXT)
+        tg.push_message(ALICE, ALICE, "and now in words")  # handled after the media
+        await wait_text(tg, ALICE, "echo: and now in words")
+        await asyncio.sleep(0.2)
+    assert texts(tg, ALICE) == [ONLY_TEXT, ONLY_TEXT, "echo: and now in words"]
+    assert texts(tg, BOB) == [ONLY_TEXT]
+    assert [last_user_text(r) for r in fake_llm.chat_requests()] == ["and now in words"]
+
+
+async def test_media_counts_towards_the_per_user_rate_limit(
+    core: PersonaCore, fake_llm: FakeOpenAI, tg: FakeTelegramAPI
+) -> None:
+    async with polling(core, tg, rate_limit_per_minute=1):
+        tg.push_media(ALICE, ALICE, "sticker")
+        await wait_text(tg, ALICE, ONLY_TEXT)
+        tg.push_media(ALICE, ALICE, "sticker")
+        await wait_text(tg, ALICE, "please wait")
+        await asyncio.sleep(0.2)
+    assert texts(tg, ALICE)[0] == ONLY_TEXT
+    assert texts(tg, ALICE)[1].startswith("You're sending messages quickly")
+    assert len(texts(tg, ALICE)) == 2
+
+
+async def test_an_album_gets_one_answer(
+    core: PersonaCore, fake_llm: FakeOpenAI, tg: FakeTelegramAPI
+) -> None:
+    async with polling(core, tg):
+        tg.push_album(ALICE, ALICE, 10)
+        tg.push_album(BOB, BOB, 4, caption="our trip to Lisbon")
+        await wait_text(tg, ALICE, ONLY_TEXT)
+        await wait_text(tg, BOB, "echo: our trip to Lisbon")
+        tg.push_message(ALICE, ALICE, "sync")  # handled after every album item
+        await wait_text(tg, ALICE, "echo: sync")
+        await asyncio.sleep(0.2)
+    assert texts(tg, ALICE) == [ONLY_TEXT, "echo: sync"]
+    assert texts(tg, BOB) == ["echo: our trip to Lisbon"]
+    assert [last_user_text(r) for r in fake_llm.chat_requests()] == ["our trip to Lisbon", "sync"]
+
+
+async def test_group_media_is_answered_only_when_addressed_to_the_bot(
+    core: PersonaCore, fake_llm: FakeOpenAI, tg: FakeTelegramAPI
+) -> None:
+    listed = -100456
+    group = {"chat_type": "supergroup"}
+    async with polling(core, tg, reply_channels=[str(listed)]):
+        # not for the bot: nothing, not even a notice
+        tg.push_media(GROUP, ALICE, "photo", **group)
+        tg.push_media(GROUP, ALICE, "photo", caption="look at my cat", **group)
+        tg.push_album(GROUP, BOB, 5, **group)
+        tg.push_media(GROUP, BOB, "sticker", **group)
+        # a caption mentioning the bot is a question for it
+        tg.push_media(GROUP, ALICE, "photo", caption=f"@{BOT} what breed is this?", **group)
+        await wait_text(tg, GROUP, "echo: what breed is this?")
+        bot_reply = tg.sent_messages(GROUP)[0]["message_id"]
+        # media replying to the bot, or in a reply channel: one notice (per album)
+        voice = tg.push_media(GROUP, BOB, "voice", reply_to_message_id=bot_reply, **group)
+        await wait_text(tg, GROUP, ONLY_TEXT)
+        tg.push_album(GROUP, BOB, 3, reply_to_message_id=bot_reply, **group)
+        await wait_text(tg, GROUP, ONLY_TEXT, count=2)
+        tg.push_media(listed, ALICE, "sticker", chat_type="group")
+        await wait_text(tg, listed, ONLY_TEXT)
+        tg.push_message(GROUP, ALICE, f"@{BOT} sync", **group)
+        await wait_text(tg, GROUP, "echo: sync")
+        await asyncio.sleep(0.2)
+    assert texts(tg, GROUP) == ["echo: what breed is this?", ONLY_TEXT, ONLY_TEXT, "echo: sync"]
+    notice = tg.sent_messages(GROUP)[1]
+    assert notice["reply_parameters"]["message_id"] == voice["message"]["message_id"]
+    assert texts(tg, listed) == [ONLY_TEXT]
+    assert [last_user_text(r) for r in fake_llm.chat_requests()] == ["what breed is this?", "sync"]
+
+
 # ------------------------------------------------------------------ persona commands
 
 
@@ -414,7 +631,7 @@ async def test_export_sends_a_json_document(
     (doc,) = tg.documents
     assert doc.chat_id == ALICE and doc.filename == "aipersona-export.json"
     data = json.loads(doc.data)
-    assert data["format"] == "aipersona.export/1"
+    assert data["format"] == "aipersona.export/2"
     assert data["persona"] == {"Demographics": {"Career_Information": "nurse"}}
     assert data["identities"][0]["user_id"] == str(ALICE)
     assert [m["content"] for m in data["messages"]] == ["I like climbing", "echo: I like climbing"]

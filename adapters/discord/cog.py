@@ -26,7 +26,14 @@ from aipersona.core.engine import PersonaCore
 from aipersona.core.personas import Identity
 from aipersona.core.schema import FieldValidationError
 
-from ..common import RateLimiter, any_in, persona_text, rate_limited_text, too_long_text
+from ..common import (
+    ONLY_TEXT,
+    RateLimiter,
+    any_in,
+    persona_text,
+    rate_limited_text,
+    too_long_text,
+)
 from .sending import NO_MENTIONS, StreamingReply, chunks_of, send_text, typing
 from .settings import DiscordSettings
 
@@ -130,13 +137,17 @@ class PersonaCog(commands.Cog, name="Persona"):
         if text is None:
             return
         try:
-            await self._chat(message, text)
+            if text or not (message.attachments or message.stickers):
+                await self._chat(message, text)
+            else:  # a file, image, voice message or sticker without words
+                await self._only_text(message)
         except Exception:
             log.exception("discord: answering message %s failed", message.id)
             await send_text(message.channel, "Sorry, something went wrong. Please try again.")
 
     async def _chat_text(self, message: discord.Message) -> str | None:
-        """The text to answer, or None when the bot should stay silent."""
+        """The text to answer ('' if it has none, e.g. only an image), or None when the bot
+        should stay silent."""
         bot = self.bot
         me = bot.user if bot is not None else None
         author = message.author
@@ -195,14 +206,27 @@ class PersonaCog(commands.Cog, name="Persona"):
                 text = re.sub(rf"<@!?{user.id}>", lambda _, name=name: name, text)
         return re.sub(r"[ \t]{2,}", " ", text).strip()
 
-    async def _chat(self, message: discord.Message, text: str) -> None:
-        s = self.settings
-        channel = message.channel
-        reference = message if message.guild is not None else None
+    async def _within_rate(self, message: discord.Message) -> bool:
+        """Count a chat event of the author; if over the limit, say so (once per wait)."""
         user_key = str(message.author.id)
         wait = self.limiter.hit(user_key)
         if wait:
             await self._rate_limit_notice(message, user_key, wait)
+            return False
+        return True
+
+    async def _only_text(self, message: discord.Message) -> None:
+        """One notice per message that has attachments or stickers but no text (the text of a
+        message with attachments is answered like any other); rate-limited like a chat turn."""
+        if await self._within_rate(message):
+            reference = message if message.guild is not None else None
+            await send_text(message.channel, ONLY_TEXT, reference)
+
+    async def _chat(self, message: discord.Message, text: str) -> None:
+        s = self.settings
+        channel = message.channel
+        reference = message if message.guild is not None else None
+        if not await self._within_rate(message):
             return
         if len(text) > s.max_input_chars:
             await send_text(channel, too_long_text(len(text), s.max_input_chars), reference)

@@ -9,9 +9,12 @@ Embedded in an existing Application::
 
     register_persona_handlers(application, core)          # handler group 100
     await setup_commands(application.bot)                 # if you don't use run_polling
+
+Flood control for a host Application: ``builder.rate_limiter(FloodLimiter(settings))``.
 """
 
 from .bot import build_application, run_telegram
+from .flood import FloodLimiter
 from .format import html_chunks, markdown_to_html
 from .handlers import DEFAULT_GROUP, PersonaHandlers, register_persona_handlers
 from .menu import PERSONA_COMMANDS, setup_commands
@@ -20,6 +23,7 @@ from .settings import TelegramSettings
 __all__ = [
     "DEFAULT_GROUP",
     "PERSONA_COMMANDS",
+    "FloodLimiter",
     "PersonaHandlers",
     "TelegramSettings",
     "build_application",

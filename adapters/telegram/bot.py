@@ -13,6 +13,7 @@ from telegram.ext import Application, ContextTypes
 
 from aipersona.core.engine import PersonaCore
 
+from .flood import flood_limiter
 from .handlers import register_persona_handlers
 from .menu import setup_commands
 from .settings import TelegramSettings
@@ -58,7 +59,8 @@ def build_application(core: PersonaCore, settings: TelegramSettings | None = Non
     """An Application (not yet initialized) with the persona handlers and an error handler.
 
     The token comes from the environment variable ``settings.token_env``; ``base_url``
-    points it at a self-hosted Bot API server.
+    points it at a self-hosted Bot API server. Sends are throttled and ``RetryAfter`` retried
+    by a :class:`~.flood.FloodLimiter` configured by the ``flood_*`` settings.
     """
     settings = settings or TelegramSettings.from_config(core.config)
     token = settings.token()
@@ -67,6 +69,9 @@ def build_application(core: PersonaCore, settings: TelegramSettings | None = Non
     urls = settings.api_urls()
     if urls is not None:
         builder = builder.base_url(urls[0]).base_file_url(urls[1])
+    limiter = flood_limiter(settings)
+    if limiter is not None:
+        builder = builder.rate_limiter(limiter)
     application = builder.build()
     register_persona_handlers(application, core, settings, group=0)
     application.add_error_handler(log_errors)

@@ -25,6 +25,7 @@ from telegram.ext import Application, BaseHandler, CommandHandler, ContextTypes,
 from telegram.ext import filters as f
 
 from aipersona.adapters.common import (
+    ONLY_TEXT,
     RateLimiter,
     persona_text,
     rate_limited_text,
@@ -41,6 +42,7 @@ from .settings import TelegramSettings
 
 log = logging.getLogger(__name__)
 
+ALBUM_MEMORY = 120.0  # seconds an album (media group) is remembered as answered
 DEFAULT_GROUP = 100  # after the host's handlers in the default group 0
 EXPORT_FILENAME = "aipersona-export.json"
 SENT_PRIVATELY = "I've sent it to you privately."
@@ -70,9 +72,13 @@ class PersonaHandlers:
         self.limiter = RateLimiter(settings.rate_limit_per_minute)
         self._quiet_until: dict[str, float] = {}  # rate-limited users already told to wait
         self._turns = KeyedLocks()  # one speaker's messages in one chat run in order
+        self._albums: dict[str, float] = {}  # "chat:media group" answered -> time first seen
 
     def handlers(self, skip: set[str] | frozenset[str] = frozenset()) -> list[BaseHandler]:
-        """New messages in private chats and groups; edits, channels and bots are ignored."""
+        """New messages in private chats and groups; edits, channels and bots are ignored.
+
+        Text goes to the chat; photos, stickers, voice notes and other media to ``on_media``.
+        """
         new = f.UpdateType.MESSAGE & (f.ChatType.PRIVATE | f.ChatType.GROUPS)
         commands: dict[str, Callback] = {
             "persona": self.cmd_persona,
@@ -87,6 +93,8 @@ class PersonaHandlers:
             if name not in skip
         ]
         out.append(MessageHandler(new & f.TEXT & ~f.COMMAND, self.on_message, block=False))
+        media = f.ATTACHMENT & ~f.TEXT & ~f.SUCCESSFUL_PAYMENT & ~f.PASSPORT_DATA
+        out.append(MessageHandler(new & media, self.on_media, block=False))
         return out
 
     # -- gates ----------------------------------------------------------------------------
@@ -126,13 +134,16 @@ class PersonaHandlers:
         return got
 
     def _group_text(self, message: Message, bot: Bot) -> str | None:
-        """In groups: the text addressed to the bot (mention removed), or None if it isn't."""
-        text = message.text or ""
+        """In groups: the text (or media caption) addressed to the bot, mention removed; None
+        if the message isn't addressed to the bot."""
+        kinds = [MessageEntity.MENTION, MessageEntity.TEXT_MENTION]
+        if message.text is not None:
+            text, entities = message.text, message.parse_entities(kinds)
+        else:
+            text, entities = message.caption or "", message.parse_caption_entities(kinds)
         username = (bot.username or "").lower()
         mentioned = False
-        for entity, value in message.parse_entities(
-            [MessageEntity.MENTION, MessageEntity.TEXT_MENTION]
-        ).items():
+        for entity, value in entities.items():
             if entity.type == MessageEntity.MENTION and value[1:].lower() == username:
                 mentioned = True
             elif entity.user is not None and entity.user.id == bot.id:
@@ -161,6 +172,49 @@ class PersonaHandlers:
             if text is None:
                 return
         await self._guard(message, self._chat(message, user, text, context.bot))
+
+    async def on_media(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """A photo, sticker, voice note...: its caption is answered as text; without one the
+        sender is told once that only text is understood.
+
+        Only where a text would be answered (private chats; in groups when addressed to the
+        bot). An album arrives as one message per item with a shared ``media_group_id`` (its
+        caption on the first item): it gets one answer, so the first item decides and the
+        others are skipped. That decision is made before the first ``await``, i.e. in update
+        order. (A caption on a later item is still answered as text.)
+        """
+        got = self._sender(update)
+        if got is None:
+            return
+        message, user = got
+        text = (message.caption or "").strip()
+        if not is_private(message):
+            addressed = self._group_text(message, context.bot)
+            if addressed is None:
+                return
+            text = addressed
+        album = message.media_group_id
+        first_of_album = album is None or self._first_of_album(f"{message.chat_id}:{album}")
+        if text:
+            await self._guard(message, self._chat(message, user, text, context.bot))
+        elif first_of_album:
+            await self._guard(message, self._only_text(message, user))
+
+    def _first_of_album(self, album: str) -> bool:
+        """Mark a media group as answered; False if it already was."""
+        now = time.monotonic()
+        if len(self._albums) > 1000:
+            self._albums = {k: t for k, t in self._albums.items() if now - t < ALBUM_MEMORY}
+        seen = self._albums.get(album)
+        if seen is not None and now - seen < ALBUM_MEMORY:
+            return False
+        self._albums[album] = now
+        return True
+
+    async def _only_text(self, message: Message, user: User) -> None:
+        """The notice for non-text messages; counted by the per-user rate limit like a text."""
+        if await self._within_rate(message, user):
+            await self._say(message, ONLY_TEXT)
 
     async def _chat(self, message: Message, user: User, text: str, bot: Bot) -> None:
         # no await suspends before the turn lock is queued for, so turns keep their order

@@ -17,6 +17,7 @@ from telegram import Bot, Message, ReplyParameters
 from telegram.constants import ChatAction, ParseMode
 from telegram.error import BadRequest, RetryAfter, TelegramError
 
+from .flood import retries_flood_control
 from .format import TELEGRAM_LIMIT, html_chunks, html_to_plain, plain_chunks
 
 log = logging.getLogger(__name__)
@@ -143,12 +144,21 @@ class Outbox:
                 raise
 
     async def _call(self, request: Callable[[], Awaitable[T]], patient: bool) -> T:
-        """Make a request; if Telegram's flood control asks us to wait, wait once and retry."""
+        """Make a request; on ``RetryAfter`` wait once and retry, unless the bot's limiter did.
+
+        The standalone bot's Application has a ``FloodLimiter`` (PTB's ``AIORateLimiter``):
+        it keeps under Telegram's limits and retries a ``RetryAfter`` itself, up to
+        ``flood_max_retries`` times, holding back all requests meanwhile. A ``RetryAfter``
+        that still reaches us means those retries are used up; waiting again here would only
+        make one attempt more than configured, so it is raised. A host Application (embedded
+        mode) may have no limiter, or one whose retries we can't know: then we fall back to
+        waiting once (if ``patient`` and at most ``MAX_FLOOD_WAIT``) and retrying.
+        """
         try:
             return await request()
         except RetryAfter as exc:
             delay = retry_seconds(exc)
-            if not patient or delay > MAX_FLOOD_WAIT:
+            if not patient or delay > MAX_FLOOD_WAIT or retries_flood_control(self.bot):
                 raise
             log.info("Telegram flood control: retrying in %.0f s", delay)
             await asyncio.sleep(delay)

@@ -28,6 +28,12 @@ class TelegramSettings(AdapterSettings):
     base_url: str = ""
     parse_mode: Literal["HTML", "none"] = "HTML"
     poll_timeout: float = Field(10.0, ge=0, le=300)
+    # flood control of the standalone bot (flood.FloodLimiter); 0 messages = no limit
+    flood_overall_messages: int = Field(30, ge=0)
+    flood_overall_seconds: float = Field(1.0, gt=0)
+    flood_group_messages: int = Field(20, ge=0)
+    flood_group_seconds: float = Field(60.0, gt=0)
+    flood_max_retries: int = Field(3, ge=0)
 
     @classmethod
     def from_config(cls, config: Config) -> TelegramSettings:

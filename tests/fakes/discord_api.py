@@ -1443,13 +1443,15 @@ class FakeDiscord:
         bot_author: bool = False,
         attachments: Sequence[tuple[str, bytes]] = (),
         embeds: Sequence[dict[str, Any]] = (),
+        stickers: Sequence[str] = (),
     ) -> dict[str, Any]:
         """Dispatch a MESSAGE_CREATE from a user and return the message payload.
 
         The guild is inferred from ``channel_id``; a channel that is not a guild channel is a
         DM with ``author_id`` (created and recorded in ``dm_channels`` if new; DM messages carry
         no ``guild_id``). ``mentions_bot`` adds the bot to ``mentions`` (content is left as
-        given). ``attachments`` are ``(filename, bytes)`` pairs served by the fake.
+        given). ``attachments`` are ``(filename, bytes)`` pairs served by the fake; ``stickers``
+        are sticker names, sent as ``sticker_items``.
         """
         gid, cid = self._resolve_location(guild_id, channel_id, author_id)
         self._ensure_user(author_id, author_name, bot=bot_author)
@@ -1476,6 +1478,10 @@ class FakeDiscord:
             reference=reference,
             nonce=str(self._snowflake()),
         )
+        if stickers:
+            msg["sticker_items"] = [
+                {"id": str(self._snowflake()), "name": name, "format_type": 1} for name in stickers
+            ]
         self._store_message(msg)
         self.incoming_messages.append(msg)
         await self._dispatch_message_event("MESSAGE_CREATE", msg, required=True)

@@ -10,6 +10,7 @@ optimizer), so background optimizer calls never steal a chat reply. Script items
 - ``Error(status, body, headers)``: an HTTP error;
 - ``Hang(seconds)``: sleep, then answer with the default;
 - ``CutStream("partial")``: (streaming) send some content then drop the connection;
+- ``Raw(status, text)``: that HTTP body verbatim (even one that is not JSON);
 - a callable ``(request_json) -> item``.
 
 With an empty script the defaults answer: chat echoes the last user message, json returns
@@ -66,6 +67,14 @@ class Hang:
 @dataclass
 class CutStream:
     partial: str = "partial"
+
+
+@dataclass
+class Raw:
+    """A raw HTTP answer: any body, even one that is not JSON (sent as application/json)."""
+
+    status: int
+    text: str
 
 
 Item = Any
@@ -183,6 +192,8 @@ class FakeOpenAI:
                 item = None
                 continue
             break
+        if isinstance(item, Raw):
+            return web.Response(text=item.text, status=item.status, content_type="application/json")
         if isinstance(item, Error):
             body_ = item.body if item.body is not None else {"error": {"message": "fake error"}}
             return web.json_response(body_, status=item.status, headers=item.headers)

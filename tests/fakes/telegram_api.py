@@ -91,6 +91,22 @@ _CHAT_ACTIONS = frozenset(
     }
 )
 
+# push_media kinds: (file name, mime type or None, extra fields, may have a caption)
+_MEDIA_KINDS: dict[str, tuple[str, str | None, JSONDict, bool]] = {
+    "photo": ("photo.jpg", None, {"width": 90, "height": 90}, True),
+    "video": ("video.mp4", "video/mp4", {"width": 320, "height": 240, "duration": 3}, True),
+    "animation": ("anim.mp4", "video/mp4", {"width": 320, "height": 240, "duration": 2}, True),
+    "audio": ("song.mp3", "audio/mpeg", {"duration": 30}, True),
+    "voice": ("voice.ogg", "audio/ogg", {"duration": 2}, True),
+    "video_note": ("note.mp4", None, {"length": 240, "duration": 2}, False),
+    "sticker": (
+        "sticker.webp",
+        None,
+        {"type": "regular", "width": 512, "height": 512, "is_animated": False, "is_video": False},
+        False,
+    ),
+}
+
 # Methods that are accepted and simply answered with ``True``.
 _ACK_METHODS = frozenset(
     {"setmydescription", "setmyshortdescription", "setmyname", "setchatmenubutton"}
@@ -486,6 +502,7 @@ class FakeTelegramAPI:
 
         # recordings
         self.calls: list[tuple[str, JSONDict]] = []
+        self.call_times: list[float] = []  # time.monotonic() each call arrived, as in calls
         self.unknown_methods: list[str] = []
         self.documents: list[StoredDocument] = []
         self.chat_actions: list[tuple[int | str, str]] = []
@@ -505,6 +522,7 @@ class FakeTelegramAPI:
         self._files_by_path: dict[str, _StoredFile] = {}
         self._next_file = 1
         self._next_callback = 1
+        self._next_media_group = 1
         self.webhook = _Webhook()
 
         self._changed = asyncio.Event()
@@ -780,6 +798,82 @@ class FakeTelegramAPI:
             message["caption"] = caption
         return self.push_update(self._wrap_message(message, chat_type))
 
+    def push_media(
+        self,
+        chat_id: int,
+        user_id: int,
+        kind: str = "photo",
+        *,
+        caption: str | None = None,
+        media_group_id: str | None = None,
+        chat_type: str = "private",
+        username: str | None = None,
+        first_name: str = "User",
+        reply_to_message_id: int | None = None,
+        chat_title: str | None = None,
+    ) -> JSONDict:
+        """Queue an Update with a ``photo``, ``video``, ``animation``, ``audio``, ``voice``,
+        ``video_note`` or ``sticker`` from a user (downloadable via getFile).
+
+        A caption gets ``caption_entities`` (mentions, commands) like a text's entities.
+        """
+        filename, mime, extra, captioned = _MEDIA_KINDS[kind]
+        if caption is not None and not captioned:
+            raise ValueError(f"a {kind} has no caption")
+        stored_mime = mime or mimetypes.guess_type(filename)[0] or "application/octet-stream"
+        stored = self._store_file(filename, b"media:" + kind.encode(), stored_mime)
+        media: JSONDict = {
+            "file_id": stored.file_id,
+            "file_unique_id": stored.file_unique_id,
+            "file_size": len(stored.data),
+            **extra,
+        }
+        if mime is not None:
+            media["mime_type"] = mime
+        message = self._inbound_message(
+            chat_id,
+            user_id,
+            chat_type=chat_type,
+            username=username,
+            first_name=first_name,
+            reply_to_message_id=reply_to_message_id,
+            chat_title=chat_title,
+        )
+        message[kind] = [media] if kind == "photo" else media
+        if caption is not None:
+            message["caption"] = caption
+            entities = self._detect_entities(caption)
+            if entities:
+                message["caption_entities"] = entities
+        if media_group_id is not None:
+            message["media_group_id"] = media_group_id
+        return self.push_update(self._wrap_message(message, chat_type))
+
+    def push_album(
+        self,
+        chat_id: int,
+        user_id: int,
+        count: int,
+        *,
+        caption: str | None = None,
+        **kwargs: Any,
+    ) -> list[JSONDict]:
+        """Queue an album: ``count`` photo Updates sharing a ``media_group_id``, the caption on
+        the first (as Telegram clients send it). ``kwargs`` go to :meth:`push_media`."""
+        group = f"1390{self._next_media_group:08d}"
+        self._next_media_group += 1
+        return [
+            self.push_media(
+                chat_id,
+                user_id,
+                "photo",
+                caption=caption if i == 0 else None,
+                media_group_id=group,
+                **kwargs,
+            )
+            for i in range(count)
+        ]
+
     def push_callback_query(
         self,
         chat_id: int,
@@ -917,6 +1011,15 @@ class FakeTelegramAPI:
         """The ``text`` of :meth:`sent_messages`."""
         return [m["text"] for m in self.sent_messages(chat_id)]
 
+    def timed_calls(self, method: str | None = None) -> list[tuple[float, str, JSONDict]]:
+        """``(arrival time, method, params)`` of all calls (to ``method``, case-insensitive)."""
+        lower = None if method is None else method.lower()
+        return [
+            (at, name, params)
+            for at, (name, params) in zip(self.call_times, self.calls, strict=True)
+            if lower is None or name.lower() == lower
+        ]
+
     def calls_to(self, method: str) -> list[JSONDict]:
         """Params of all calls to ``method`` (case-insensitive)."""
         lower = method.lower()
@@ -980,10 +1083,12 @@ class FakeTelegramAPI:
         return web.Response(body=stored.data, content_type=stored.mime_type)
 
     async def _handle_api(self, request: web.Request) -> web.Response:
+        arrived = time.monotonic()
         method = request.match_info["method"]
         token = request.match_info["token"]
         params = await self._read_params(request)
         self.calls.append((method, params))
+        self.call_times.append(arrived)
         try:
             if self.token is not None and token != self.token:
                 raise ApiError(401, "Unauthorized")
