@@ -1,4 +1,4 @@
-"""``aipersona run``: the standalone bot — Discord, Telegram, or both in one process."""
+"""``aipersona run``: the standalone bot: every configured platform in one process."""
 
 from __future__ import annotations
 
@@ -6,34 +6,34 @@ import argparse
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aipersona.core import cli
-from aipersona.core.config import ConfigError
-from aipersona.core.engine import PersonaCore, freeze_startup_objects
+from aipersona.core import ConfigError, PersonaCore, freeze_startup_objects
+from aipersona.core.cli import add_config_options, load_config
+
+from .registry import Runner, installed_adapters
 
 log = logging.getLogger(__name__)
-
-Runner = Callable[[PersonaCore, Any, asyncio.Event], Awaitable[None]]
 
 
 def _platforms(cfg: Any, only: list[str] | None) -> list[tuple[str, Runner, Any]]:
     """The enabled platform sections, each with its runner and validated settings."""
+    adapters = installed_adapters()
+    unknown = sorted(set(only or []) - set(adapters))
+    if unknown:
+        raise ConfigError(
+            f"unknown platform {', '.join(unknown)}; installed: {', '.join(sorted(adapters))}"
+        )
     out: list[tuple[str, Runner, Any]] = []
-    wanted = only or ["discord", "telegram"]
-    if "discord" in wanted and cfg.discord and cfg.discord.get("enabled", True):
-        from aipersona.adapters.discord import DiscordSettings, run_discord
-
-        out.append(("discord", run_discord, DiscordSettings.parse("discord", cfg.discord)))
-    if "telegram" in wanted and cfg.telegram and cfg.telegram.get("enabled", True):
-        from aipersona.adapters.telegram import TelegramSettings, run_telegram
-
-        out.append(("telegram", run_telegram, TelegramSettings.parse("telegram", cfg.telegram)))
+    for name, spec in sorted(adapters.items()):
+        table = cfg.table(name)
+        if (only and name not in only) or not table or not table.get("enabled", True):
+            continue
+        out.append((name, spec.run, spec.validate_section(name, table)))
     if not out:
         raise ConfigError(
-            "nothing to run: add a [discord] and/or [telegram] section to the config "
-            "(see bot.example.toml)"
+            "nothing to run: add a platform section such as [discord] or [telegram] to the "
+            f"config (see bot.example.toml); installed platforms: {', '.join(sorted(adapters))}"
         )
     for _, _, settings in out:
         settings.token()  # fail early, with a clear message, if a token variable is empty
@@ -41,7 +41,7 @@ def _platforms(cfg: Any, only: list[str] | None) -> list[tuple[str, Runner, Any]
 
 
 async def _run(args: argparse.Namespace) -> int:
-    cfg = cli._config(args)
+    cfg = load_config(args)
     platforms = _platforms(cfg, args.platform)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -80,16 +80,12 @@ async def _serve(cfg: Any, platforms: list[tuple[str, Runner, Any]], stop: async
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="run the Discord and/or Telegram bot from the config")
-    p.add_argument("--config", "-c", required=True, help="TOML config file")
-    p.add_argument("--database", help="override [database] path")
+    """The ``run`` sub-command (entry point ``aipersona.commands``)."""
+    p = sub.add_parser("run", help="run the configured platforms (Discord, Telegram, ...)")
+    add_config_options(p, required=True)
     p.add_argument(
         "--platform",
         action="append",
-        choices=["discord", "telegram"],
         help="run only this platform (repeatable; default: every configured one)",
     )
     p.set_defaults(func=_run)
-
-
-cli.COMMANDS.append(register)

@@ -12,8 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from aipersona.core.config import ConfigError
-from aipersona.core.personas import Persona
+from aipersona.core import ConfigError, Persona
 
 HELP_TEXT = (
     "I remember what you tell me about yourself (a persona) to personalize my answers.\n"

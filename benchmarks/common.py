@@ -9,8 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aipersona.core.config import Config
-from aipersona.core.llm import Completion, LLMClient
+from aipersona.core import Completion, Config, LLMClient
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -23,9 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import machine
 
-from aipersona.core.config import Config
-from aipersona.core.engine import PersonaCore
-from aipersona.core.personas import Identity
+from aipersona.core import Config, Identity, PersonaCore
 
 QUESTIONS = [
     "Hi! I'm Ana, a nurse in Lisbon. What could I cook tonight?",

@@ -22,8 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import config, machine, ms, pct
 from fastfake import start_subprocess
 
-from aipersona.core.engine import PersonaCore
-from aipersona.core.personas import Identity
+from aipersona.core import Identity, PersonaCore
 
 
 async def worker(db: str, base_url: str, proc: int, users: int, total: int, http: str) -> None:

@@ -36,10 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import StubLLM, config, machine, ms, pct
 from fastfake import start_subprocess
 
-from aipersona.core.edits import Edit
-from aipersona.core.engine import PersonaCore, freeze_startup_objects
-from aipersona.core.llm import LLMClient
-from aipersona.core.personas import Identity
+from aipersona.core import Edit, Identity, LLMClient, PersonaCore, freeze_startup_objects
 
 PERSONA = [
     Edit("Demographics.Name", "set", "Alex"),

@@ -25,9 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import StubLLM, config, machine
 
-from aipersona.core.chatbot import build_system_prompt
-from aipersona.core.engine import PersonaCore
-from aipersona.core.personas import Identity, Persona
+from aipersona.core import Identity, Persona, PersonaCore, build_system_prompt
 
 TOPICS = ["climbing", "jazz", "sourdough", "chess", "kayaking", "rust", "tango", "birding"]
 

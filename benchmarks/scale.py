@@ -26,8 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import StubLLM, config, machine, ms, pct
 
-from aipersona.core.engine import PersonaCore
-from aipersona.core.personas import Identity
+from aipersona.core import Identity, PersonaCore
 
 FIELDS = [
     ("Demographics.Name", "printf('\"User %d\"', i)"),

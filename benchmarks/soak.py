@@ -27,8 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import StubLLM, config, machine, ms, pct
 from fastfake import start_subprocess
 
-from aipersona.core.engine import PersonaCore, freeze_startup_objects
-from aipersona.core.personas import Identity
+from aipersona.core import Identity, PersonaCore, freeze_startup_objects
 
 
 def rss_mb() -> float:

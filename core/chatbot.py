@@ -10,8 +10,8 @@ from typing import Any
 
 from .injection import quote_json
 from .llm import Completion, LLMClient
-from .personas import Persona
-from .tools import ToolContext, ToolExecutor, ToolResult
+from .tools import ToolContext, ToolExecutor
+from .types import Persona, ToolResult
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,19 @@ class Chatbot:
 
     def tool_docs(self) -> str:
         return self.executor.describe() if self.use_tools else ""
+
+    def messages(
+        self,
+        instructions: str,
+        persona: Persona,
+        sections: list[str],
+        history: list[dict[str, str]],
+        text: str,
+    ) -> list[dict[str, Any]]:
+        """The request: system prompt (instructions, persona, plugin sections, tool docs),
+        then the bounded history, then the user's message."""
+        system = build_system_prompt(instructions, persona, sections, self.tool_docs())
+        return [{"role": "system", "content": system}, *history, {"role": "user", "content": text}]
 
     async def reply(self, messages: list[dict[str, Any]], context: ToolContext) -> TurnResult:
         """Run the model with tools until it answers in text (bounded by ``max_rounds``)."""

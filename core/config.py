@@ -1,5 +1,11 @@
 """Configuration: one TOML file (see bot.example.toml), validated with pydantic.
 
+The core validates its own sections. Any other top-level table (``[discord]``,
+``[telegram]``, ``[bench]``, a third-party ``[slack]``...) belongs to an installed package
+that registers it under the entry-point group ``aipersona.adapters`` or
+``aipersona.sections``: the registered object's ``validate_section(name, data)`` checks it
+when the file is loaded, so a typo is reported at once and the core names no platform.
+
 Secrets never live in the file: it names environment variables (``api_key_env``,
 ``token_env``) and the values are read from the environment when needed.
 """
@@ -8,14 +14,14 @@ from __future__ import annotations
 
 import os
 import tomllib
+from functools import cache
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-
-class ConfigError(ValueError):
-    """The configuration file is missing, unreadable or invalid."""
+from .errors import ConfigError
 
 
 class _Section(BaseModel):
@@ -65,6 +71,7 @@ class PersonaSettings(_Section):
     optimizer_max_tokens: int = Field(1500, ge=64)
     max_transcript_chars: int = Field(24_000, ge=1000)
     max_update_attempts: int = Field(3, ge=1)
+    update_lease_seconds: float = Field(600.0, gt=0)
 
 
 class SessionSettings(_Section):
@@ -103,8 +110,42 @@ class PluginSettings(_Section):
         return value if isinstance(value, dict) else {}
 
 
+SECTION_GROUPS = ("aipersona.adapters", "aipersona.sections")
+
+
+class ConfigSection(Protocol):
+    """What a package registers for a top-level config table it owns."""
+
+    def validate_section(self, name: str, data: dict[str, Any]) -> Any:
+        """Return the validated settings; raise ConfigError naming the bad keys."""
+
+
+@cache
+def section_owners() -> dict[str, EntryPoint]:
+    """Installed owners of top-level tables, by table name."""
+    owners: dict[str, EntryPoint] = {}
+    for group in SECTION_GROUPS:
+        for ep in entry_points(group=group):
+            owners.setdefault(ep.name, ep)
+    return owners
+
+
+def section_owner(name: str) -> ConfigSection:
+    ep = section_owners().get(name)
+    if ep is None:
+        known = ", ".join(sorted(section_owners())) or "none installed"
+        raise ConfigError(
+            f"unknown config section [{name}] (sections of installed packages: {known})"
+        )
+    try:
+        owner: ConfigSection = ep.load()
+    except ImportError as exc:
+        raise ConfigError(f"config section [{name}] needs {ep.value}, which fails: {exc}") from None
+    return owner
+
+
 class Config(_Section):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="allow")
 
     database: DatabaseSettings = DatabaseSettings()
     llm: LLMSettings = LLMSettings()
@@ -113,26 +154,50 @@ class Config(_Section):
     chat: ChatSettings = ChatSettings()
     tools: ToolSettings = ToolSettings()
     plugins: PluginSettings = PluginSettings()
-    discord: dict[str, Any] = {}
-    telegram: dict[str, Any] = {}
-    bench: dict[str, Any] = {}
     logging: dict[str, Any] = {}
 
     source: str = Field("", exclude=True)
 
+    def tables(self) -> dict[str, dict[str, Any]]:
+        """The top-level tables that belong to other packages (adapters, the bench...)."""
+        return dict(self.model_extra or {})
+
+    def table(self, name: str) -> dict[str, Any]:
+        """One such table (empty if absent)."""
+        value = (self.model_extra or {}).get(name, {})
+        return value if isinstance(value, dict) else {}
+
+    def section(self, name: str) -> Any:
+        """The table ``name`` validated by the package that owns it."""
+        return section_owner(name).validate_section(name, self.table(name))
+
+    def data_dir(self) -> Path:
+        """Where plugins keep files: beside the database file, else beside the config."""
+        path = self.database.path
+        if path and path != ":memory:" and not path.startswith("file:") and "://" not in path:
+            return Path(path).expanduser().resolve().parent
+        if self.source not in ("", "<dict>"):
+            return Path(self.source).resolve().parent
+        return Path.cwd()
+
     @classmethod
-    def load(cls, path: str | Path | None) -> Config:
-        """Load a TOML file; ``None`` gives the defaults (local model, ./aipersona.db)."""
+    def load(cls, path: str | Path | None, *, database: str | None = None) -> Config:
+        """Load a TOML file; ``None`` gives the defaults (local model, ./aipersona.db).
+        ``database`` overrides ``[database] path`` (the commands' ``--database``)."""
         if path is None:
-            return cls()
-        p = Path(path)
-        try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {p}") from None
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot read config {p}: {exc}") from None
-        return cls.from_dict(data, source=str(p))
+            cfg = cls()
+        else:
+            p = Path(path)
+            try:
+                data = tomllib.loads(p.read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                raise ConfigError(f"config file not found: {p}") from None
+            except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+                raise ConfigError(f"cannot read config {p}: {exc}") from None
+            cfg = cls.from_dict(data, source=str(p))
+        if database:
+            cfg.database.path = database
+        return cfg
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "<dict>") -> Config:
@@ -144,6 +209,10 @@ class Config(_Section):
             )
             raise ConfigError(f"invalid config {source}: {problems}") from None
         cfg.source = source
+        for name, value in cfg.tables().items():
+            if not isinstance(value, dict):
+                raise ConfigError(f"invalid config {source}: {name} must be a [{name}] table")
+            cfg.section(name)
         if cfg.database.path != ":memory:" and source not in ("<dict>", ""):
             db = Path(cfg.database.path).expanduser()
             if not db.is_absolute():

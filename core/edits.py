@@ -6,7 +6,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .schema import FieldSpec, FieldValidationError, PersonaSchema, clean_text
+from .errors import FieldValidationError
+from .schema import FieldSpec, PersonaSchema, clean_text
 
 Op = Literal["set", "append", "remove", "delete"]
 OPS: tuple[str, ...] = ("set", "append", "remove", "delete")
@@ -109,3 +110,38 @@ def resolve(edit: Edit, schema: PersonaSchema, current: dict[str, Any]) -> tuple
     base = old if isinstance(old, list) else []
     kept = [v for v in base if v.casefold() not in gone]
     return spec, (kept or None)
+
+
+def plan_changes(
+    edits: list[Edit],
+    schema: PersonaSchema,
+    current: dict[str, Any],
+    *,
+    source: str,
+    session_ids: list[int] | None = None,
+) -> tuple[list[Change], list[Rejected]]:
+    """The changes ``edits`` make to the values ``current``, in order, and the refused edits.
+
+    Pure: storage calls it inside its write transaction with the values read there, so the
+    plan and the write see the same persona. Edits that change nothing are dropped.
+    """
+    values = dict(current)
+    changes: list[Change] = []
+    rejected: list[Rejected] = []
+    for edit in edits:
+        try:
+            spec, new = resolve(edit, schema, values)
+        except FieldValidationError as exc:
+            rejected.append(Rejected(edit, str(exc)))
+            continue
+        old = values.get(spec.name)
+        if new == old:
+            continue
+        if new is None:
+            values.pop(spec.name, None)
+        else:
+            values[spec.name] = new
+        changes.append(
+            Change(spec.name, edit.op, old, new, edit.evidence, source, session_ids or [])
+        )
+    return changes, rejected

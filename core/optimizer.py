@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .edits import MAX_EVIDENCE_CHARS, OPS, Edit, Rejected
+from .errors import FieldValidationError
 from .injection import quote_json
 from .llm import Completion, LLMClient, StructuredOutputError
-from .schema import FieldValidationError, PersonaSchema
+from .schema import PersonaSchema
+from .types import Transcript
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +90,14 @@ def update_json_schema(schema: PersonaSchema) -> dict[str, Any]:
     }
 
 
-def render_transcripts(transcripts: list[dict[str, Any]], max_chars: int) -> str:
+def render_transcripts(transcripts: list[Transcript], max_chars: int) -> str:
     """Sessions as JSON lines (data, not prose, no literal angle brackets), newest kept when
     over budget."""
     blocks: list[str] = []
     used = 0
     for t in reversed(transcripts):
-        lines = [quote_json({"session": t["session_id"]})]
-        lines += [quote_json({"role": m["role"], "text": m["content"]}) for m in t["messages"]]
+        lines = [quote_json({"session": t.session_id})]
+        lines += [quote_json({"role": m["role"], "text": m["content"]}) for m in t.messages]
         block = "\n".join(lines)
         if used + len(block) > max_chars:
             block = block[: max(0, max_chars - used)]
@@ -133,7 +135,7 @@ class PersonaOptimizer:
         self.max_transcript_chars = max_transcript_chars
 
     def messages(
-        self, persona: dict[str, Any], transcripts: list[dict[str, Any]]
+        self, persona: dict[str, Any], transcripts: list[Transcript]
     ) -> list[dict[str, str]]:
         system = OPTIMIZER_INSTRUCTIONS.replace("{fields}", self.schema.describe())
         user = (
@@ -146,7 +148,7 @@ class PersonaOptimizer:
         return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
     async def propose(
-        self, persona: dict[str, Any], transcripts: list[dict[str, Any]]
+        self, persona: dict[str, Any], transcripts: list[Transcript]
     ) -> OptimizerResult:
         """Call the LLM and parse its edits. Raises LLMError if no usable JSON came back."""
         data, completion = await self.llm.complete_json(

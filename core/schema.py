@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .errors import FieldValidationError
 from .injection import instruction_reason
 
 FieldType = Literal["string", "integer", "string_list", "enum"]
@@ -21,10 +22,6 @@ DEFAULT_MAX_CHARS = 500
 DEFAULT_MAX_ITEMS = 20
 
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}\.[A-Za-z][A-Za-z0-9_]{0,63}$")
-
-
-class FieldValidationError(ValueError):
-    """A value or edit does not fit the persona schema."""
 
 
 @dataclass(frozen=True)

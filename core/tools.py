@@ -7,25 +7,21 @@ given back to the model; the turn goes on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
-import json
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-import pluggy
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 from . import bounded_json
 from .edits import Change, Edit, Rejected
+from .hooks import HookFailed, Hooks
 from .schema import PersonaSchema
-
-if TYPE_CHECKING:
-    from .personas import Identity, Persona
+from .types import Identity, Persona, ToolResult
 
 log = logging.getLogger(__name__)
 
-MAX_RESULT_CHARS = 8000
 MAX_ARGUMENT_CHARS = 64_000
 
 
@@ -73,27 +69,13 @@ class Tool:
         }
 
 
-@dataclass
-class ToolResult:
-    call_id: str
-    name: str
-    arguments: dict[str, Any]
-    result: Any = None
-    error: str | None = None
-
-    def message(self) -> dict[str, Any]:
-        payload = {"error": self.error} if self.error else {"result": self.result}
-        text = json.dumps(payload, ensure_ascii=False, default=str)
-        if len(text) > MAX_RESULT_CHARS:
-            text = text[:MAX_RESULT_CHARS] + "... [truncated]"
-        return {"role": "tool", "tool_call_id": self.call_id, "content": text}
-
-
-@dataclass
 class ToolExecutor:
-    pm: pluggy.PluginManager
-    default_timeout: float = 15.0
-    tools: dict[str, Tool] = field(default_factory=dict)
+    """Runs tool calls: the built-in persona tools, plugin tools and scoped extra tools."""
+
+    def __init__(self, hooks: Hooks, default_timeout: float = 15.0) -> None:
+        self.hooks = hooks
+        self.default_timeout = default_timeout
+        self.tools: dict[str, Tool] = {}
 
     def register(self, tool: Tool) -> None:
         if tool.name in self.tools:
@@ -102,6 +84,19 @@ class ToolExecutor:
                 f"{tool.source})"
             )
         self.tools[tool.name] = tool
+
+    @contextlib.contextmanager
+    def scoped(self, tools: list[Tool]) -> Iterator[None]:
+        """Offer ``tools`` to the model until the block ends (ValueError on a name clash)."""
+        added: list[str] = []
+        try:
+            for tool in tools:
+                self.register(tool)
+                added.append(tool.name)
+            yield
+        finally:
+            for name in added:
+                self.tools.pop(name, None)
 
     def specs(self) -> list[dict[str, Any]]:
         return [t.openai_spec() for t in self.tools.values()]
@@ -126,8 +121,12 @@ class ToolExecutor:
             result.error = f"unknown tool {name!r}; available: {', '.join(self.tools) or 'none'}"
         if result.error is None and tool is not None:
             try:
-                override = self.pm.hook.aipersona_before_tool_call(
-                    context=context, name=name, arguments=result.arguments
+                override = await self.hooks.first(
+                    "aipersona_before_tool_call",
+                    fail_closed=True,
+                    context=context,
+                    name=name,
+                    arguments=result.arguments,
                 )
                 if override is not None:
                     result.result = override
@@ -135,6 +134,8 @@ class ToolExecutor:
                     result.result = await self._run(tool, context, result.arguments)
             except asyncio.CancelledError:
                 raise
+            except HookFailed as exc:
+                result.error = f"tool {name} refused: {exc}"
             except TimeoutError:
                 result.error = f"tool {name} timed out"
             except TypeError as exc:
@@ -142,16 +143,14 @@ class ToolExecutor:
             except Exception as exc:
                 log.warning("tool %s failed: %s", name, exc, exc_info=True)
                 result.error = f"tool {name} failed: {type(exc).__name__}: {exc}"
-        try:
-            self.pm.hook.aipersona_after_tool_call(
-                context=context,
-                name=name,
-                arguments=result.arguments,
-                result=result.result,
-                error=result.error,
-            )
-        except Exception:
-            log.exception("aipersona_after_tool_call hook failed")
+        await self.hooks.notify(
+            "aipersona_after_tool_call",
+            context=context,
+            name=name,
+            arguments=result.arguments,
+            result=result.result,
+            error=result.error,
+        )
         return result
 
     async def _run(self, tool: Tool, context: ToolContext, args: dict[str, Any]) -> Any:

@@ -7,8 +7,7 @@ import json
 import sys
 from typing import Any
 
-from aipersona.core import cli as core_cli
-from aipersona.core.config import Config
+from aipersona.core import Config
 
 from .data import DataError
 
@@ -30,8 +29,8 @@ async def _generate(args: argparse.Namespace) -> int:
                 shared=args.shared,
             ),
         )
-    except (DataError, FileNotFoundError) as exc:
-        raise core_cli.CliError(str(exc)) from None
+    except FileNotFoundError as exc:
+        raise DataError(str(exc)) from None
     print(json.dumps({k: v for k, v in summary.items() if k != "usage"}, ensure_ascii=False))
     return 0
 
@@ -41,20 +40,17 @@ async def _run(args: argparse.Namespace) -> int:
     from .report import REPORT_FILE
 
     cfg = Config.load(args.config)
-    try:
-        results = await run_bench(
-            cfg,
-            RunOptions(
-                data=args.data or "",
-                out=args.out,
-                personas=args.personas,
-                scenes=args.scenes,
-                conditions=args.conditions,
-                k=args.k,
-            ),
-        )
-    except DataError as exc:
-        raise core_cli.CliError(str(exc)) from None
+    results = await run_bench(
+        cfg,
+        RunOptions(
+            data=args.data or "",
+            out=args.out,
+            personas=args.personas,
+            scenes=args.scenes,
+            conditions=args.conditions,
+            k=args.k,
+        ),
+    )
     table: dict[str, Any] = results["summary"]
     for cond, row in table.items():
         cells = ", ".join(
@@ -74,6 +70,7 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """The ``bench`` sub-command (entry point ``aipersona.commands``)."""
     bench = sub.add_parser("bench", help="PersonaBench: generate data, run the evaluation")
     bsub = bench.add_subparsers(dest="bench_command", required=True)
 
@@ -101,7 +98,3 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--k", nargs="+", type=int, help="update intervals for 'learned'")
     p.set_defaults(func=_run)
-
-
-if register not in core_cli.COMMANDS:
-    core_cli.COMMANDS.append(register)

@@ -15,11 +15,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aipersona.core import AipersonaError
+
 SHARED_DATA_NAMES = ("personabench.jsonl", "personas.jsonl")
 _TAG_RE = re.compile(r"</?\s*neutralized_query\s*>", re.IGNORECASE)
 
 
-class DataError(ValueError):
+class DataError(AipersonaError, ValueError):
     """The data file is missing or malformed."""
 
 

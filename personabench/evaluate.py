@@ -13,7 +13,7 @@ Conditions:
 For each condition and persona a PersonaCore with its own SQLite file runs the persona's scenes
 in file order, one session each. The first user turn is the scene's neutralized query; the user
 simulator writes the follow-ups and decides when it is satisfied (at most ``max_turns`` user
-utterances). The scene's ``available_apis`` are registered as tools on the core's executor for
+utterances). The scene's ``available_apis`` are offered as tools (``PersonaCore.extra_tools``) for
 that session and answered by the tool simulator. The judge scores the FIRST response of each
 session. Every finished session is appended to ``items.jsonl`` and skipped on a rerun.
 """
@@ -30,13 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aipersona.core.config import Config
-from aipersona.core.edits import Edit
-from aipersona.core.engine import PersonaCore
-from aipersona.core.hooks import hookimpl
-from aipersona.core.personas import Identity
-from aipersona.core.schema import flatten
-from aipersona.core.tools import Tool, ToolContext
+from aipersona.core import Config, Edit, Identity, PersonaCore, Tool, ToolContext, flatten, hookimpl
 
 from . import report
 from .data import BenchPersona, Scene, append_jsonl, load_personas, prepare_dir, read_jsonl
@@ -234,9 +228,7 @@ async def run_session(
     scene = persona.scenes[index]
     chat_id = f"scene-{index}"
     started = time.monotonic()
-    tools = scene_tools(ctx, persona, scene, set(core.executor.tools))
-    for tool in tools:
-        core.executor.register(tool)
+    tools = scene_tools(ctx, persona, scene, core.tool_names())
     dialogue: list[dict[str, str]] = []
     tool_calls: list[dict[str, Any]] = []
     item: dict[str, Any] = {
@@ -251,65 +243,64 @@ async def run_session(
     satisfied, user_turns, errors = False, 0, []
     text = scene.first_query
     try:
-        while text:
-            user_turns += 1
-            dialogue.append({"role": "user", "content": text})
-            if rag is not None:
-                rag.query = text
-            reply = await core.respond(ident, chat_id, text)
-            chat_tokens["prompt_tokens"] += reply.prompt_tokens
-            chat_tokens["completion_tokens"] += reply.completion_tokens
-            tool_calls += [
-                {"name": r.name, "arguments": r.arguments, "error": r.error}
-                for r in reply.tool_results
-            ]
-            if not reply.ok:
-                errors.append(f"chatbot: {reply.error}")
-                break
-            dialogue.append({"role": "assistant", "content": reply.text})
-            if judge_task is None:
-                item["first_response"] = reply.text
-                judge_task = asyncio.create_task(
-                    judge_response(
-                        ctx.pool["judge"],
-                        persona.persona,
-                        scene,
-                        text,
-                        reply.text,
-                        max_tokens=settings.judge_max_tokens,
+        with core.extra_tools(tools):  # this scene's simulated APIs, for this session
+            while text:
+                user_turns += 1
+                dialogue.append({"role": "user", "content": text})
+                if rag is not None:
+                    rag.query = text
+                reply = await core.respond(ident, chat_id, text)
+                chat_tokens["prompt_tokens"] += reply.prompt_tokens
+                chat_tokens["completion_tokens"] += reply.completion_tokens
+                tool_calls += [
+                    {"name": r.name, "arguments": r.arguments, "error": r.error}
+                    for r in reply.tool_results
+                ]
+                if not reply.ok:
+                    errors.append(f"chatbot: {reply.error}")
+                    break
+                dialogue.append({"role": "assistant", "content": reply.text})
+                if judge_task is None:
+                    item["first_response"] = reply.text
+                    judge_task = asyncio.create_task(
+                        judge_response(
+                            ctx.pool["judge"],
+                            persona.persona,
+                            scene,
+                            text,
+                            reply.text,
+                            max_tokens=settings.judge_max_tokens,
+                        )
                     )
+                verdict = await simulate_user(
+                    ctx.pool["simulator"],
+                    persona.persona,
+                    scene,
+                    dialogue,
+                    lang=settings.lang,
+                    max_tokens=settings.simulator_max_tokens,
                 )
-            verdict = await simulate_user(
-                ctx.pool["simulator"],
-                persona.persona,
-                scene,
-                dialogue,
-                lang=settings.lang,
-                max_tokens=settings.simulator_max_tokens,
-            )
-            if verdict.error:
-                errors.append(f"simulator: {verdict.error}")
-            if verdict.satisfied:
-                satisfied = True
-                item["satisfied_reason"] = verdict.reason
-                break
-            if user_turns >= settings.max_turns:
-                break
-            text = verdict.reply
-        if judge_task is not None:
-            judgement = await judge_task
-            item["helpfulness"] = judgement.helpfulness
-            item["personalization"] = judgement.personalization
-            item["judge_reason"] = judgement.reason
-            if judgement.error:
-                errors.append(f"judge: {judgement.error}")
-        else:
-            item["helpfulness"] = item["personalization"] = None
+                if verdict.error:
+                    errors.append(f"simulator: {verdict.error}")
+                if verdict.satisfied:
+                    satisfied = True
+                    item["satisfied_reason"] = verdict.reason
+                    break
+                if user_turns >= settings.max_turns:
+                    break
+                text = verdict.reply
+            if judge_task is not None:
+                judgement = await judge_task
+                item["helpfulness"] = judgement.helpfulness
+                item["personalization"] = judgement.personalization
+                item["judge_reason"] = judgement.reason
+                if judgement.error:
+                    errors.append(f"judge: {judgement.error}")
+            else:
+                item["helpfulness"] = item["personalization"] = None
     finally:
         if judge_task is not None and not judge_task.done():
             judge_task.cancel()
-        for tool in tools:
-            core.executor.tools.pop(tool.name, None)
     await core.end_session(ident, chat_id)
     await core.wait_for_updates()
     if rag is not None:

@@ -29,9 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aipersona.core.config import Config
-from aipersona.core.llm import LLMClient, LLMError
-from aipersona.core.schema import FieldValidationError, PersonaSchema, flatten, nest
+from aipersona.core import (
+    Config,
+    FieldValidationError,
+    LLMClient,
+    LLMError,
+    PersonaSchema,
+    flatten,
+    nest,
+)
 
 from .data import BenchPersona, Scene, append_jsonl, load_seeds, prepare_dir, read_jsonl
 from .roles import ModelPool, dumps, lang_name, marker

@@ -31,7 +31,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from aipersona.core.schema import flatten
+from aipersona.core import flatten
 
 RUBRIC = (0, 3, 5, 7, 10)
 _TOKEN_RE = re.compile(r"[a-z0-9]+|[\u3400-\u9fff\uf900-\ufaff]", re.IGNORECASE)

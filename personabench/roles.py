@@ -14,9 +14,15 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from aipersona.core.config import LLMSettings
-from aipersona.core.llm import Completion, LLMClient, LLMError, StreamEvent
-from aipersona.core.local_model import MODEL_ALIAS, LocalModelServer
+from aipersona.core import LOCAL_MODEL_ALIAS as MODEL_ALIAS
+from aipersona.core import (
+    Completion,
+    LLMClient,
+    LLMError,
+    LLMSettings,
+    LocalModelServer,
+    StreamEvent,
+)
 
 from .data import Scene
 from .metrics import parse_labeled_scores, parse_rubric

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from aipersona.core.config import Config, ConfigError, LLMSettings
+from aipersona.core import Config, ConfigError, LLMSettings
 
 ROLES = ("chatbot", "simulator", "judge", "tool_simulator", "generator")
 PRICE_KEYS = ("input_price_per_mtok", "output_price_per_mtok")
@@ -100,7 +100,7 @@ class RoleSettings(BaseModel):
 
 
 def load_bench(config: Config) -> tuple[BenchSettings, dict[str, RoleSettings]]:
-    raw = dict(config.bench or {})
+    raw = dict(config.table("bench"))
     role_tables = {r: dict(raw.pop(r, {}) or {}) for r in ROLES}
     try:
         settings = BenchSettings.model_validate(raw)
@@ -157,3 +157,28 @@ def public_config(settings: BenchSettings, roles: dict[str, RoleSettings]) -> di
             for name, r in roles.items()
         },
     }
+
+
+class _BenchSection:
+    """Validates the ``[bench]`` table when the config is loaded (entry point
+    ``aipersona.sections``). The role tables are checked key by key here; their values are
+    validated against ``[llm]`` by ``load_bench``."""
+
+    def validate_section(self, name: str, data: dict[str, Any]) -> dict[str, Any]:
+        raw = dict(data)
+        role_tables = {r: raw.pop(r, {}) or {} for r in ROLES}
+        try:
+            BenchSettings.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError(f"invalid [{name}] section: {_problems(exc)}") from None
+        allowed = set(LLMSettings.model_fields) | set(PRICE_KEYS)
+        for role, table in role_tables.items():
+            if not isinstance(table, dict):
+                raise ConfigError(f"invalid [{name}.{role}] section: must be a table")
+            unknown = sorted(set(table) - allowed)
+            if unknown:
+                raise ConfigError(f"invalid [{name}.{role}] section: unknown keys {unknown}")
+        return data
+
+
+SECTION = _BenchSection()

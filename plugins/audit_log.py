@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aipersona.core.hooks import hookimpl
+from aipersona.core import PluginHost, hookimpl
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +61,8 @@ class AuditLog:
 
 
 @hookimpl
-def aipersona_startup(core: Any, settings: dict[str, Any]) -> None:
+def aipersona_startup(host: PluginHost, settings: dict[str, Any]) -> None:
     """Give this core its own log (``[plugins.audit_log] path``, default beside the DB)."""
-    db = Path(core.config.database.path)
-    default_dir = db.parent if db.name != ":memory:" else Path.cwd()
-    audit = AuditLog(Path(settings.get("path") or default_dir / "aipersona-audit.jsonl"))
-    core.pm.register(audit, name=f"{__name__}.{id(core):x}")
+    audit = AuditLog(Path(settings.get("path") or host.data_dir / "aipersona-audit.jsonl"))
+    host.register(audit)
     log.info("audit log: %s", audit.path)

@@ -11,10 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from aipersona.core.hooks import hookimpl
-from aipersona.core.personas import Persona
-from aipersona.core.schema import FieldSpec
-from aipersona.core.tools import Tool, ToolContext
+from aipersona.core import FieldSpec, Persona, Tool, ToolContext, hookimpl
 
 TIMEZONE_FIELD = "Locale.Timezone"
 

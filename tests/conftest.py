@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 
-from aipersona.core.config import Config
-from aipersona.core.engine import PersonaCore
+from aipersona.core import Config, PersonaCore
 from tests.fakes.openai_server import FakeOpenAI
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

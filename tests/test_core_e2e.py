@@ -7,9 +7,7 @@ import json
 import sqlite3
 from pathlib import Path
 
-from aipersona.core.edits import Edit
-from aipersona.core.engine import PersonaCore
-from aipersona.core.personas import Identity
+from aipersona.core import Edit, Identity, PersonaCore
 from tests.conftest import make_config
 from tests.fakes.openai_server import (
     CutStream,
@@ -67,12 +65,12 @@ async def test_three_sessions_one_update_then_prompt_carries_it(
     assert persona.values["Personality.Values_and_Interests"] == ["climbing"]
 
     history = await core.history(ALICE)
-    assert {h["field"] for h in history} == {
+    assert {h.field for h in history} == {
         "Demographics.Career_Information",
         "Personality.Values_and_Interests",
     }
-    assert all(h["source"] == "optimizer" and len(h["session_ids"]) == 3 for h in history)
-    assert any(h["evidence"] == "I am a nurse" for h in history)
+    assert all(h.source == "optimizer" and len(h.session_ids) == 3 for h in history)
+    assert any(h.evidence == "I am a nurse" for h in history)
 
     # the next chat request carries the new value in its system prompt
     await core.respond(ALICE, "c1", "what should I do this weekend?")
@@ -228,7 +226,7 @@ async def test_tool_calls_update_persona_and_tool_errors_do_not_break_turn(
     persona = await core.persona(ALICE)
     assert persona is not None and persona.values["Demographics.Age"] == 41
     hist = await core.history(ALICE)
-    assert hist[0]["source"] == "tool" and hist[0]["evidence"] == "I'm 41"
+    assert hist[0].source == "tool" and hist[0].evidence == "I'm 41"
     # the follow-up request carried the tool results back to the model
     second = fake_llm.chat_requests()[1]["messages"]
     tool_msgs = [m for m in second if m["role"] == "tool"]

@@ -24,12 +24,9 @@ from aipersona.adapters.discord import (
     build_bot,
     run_discord,
 )
-from aipersona.core.config import ConfigError
-from aipersona.core.edits import Edit
-from aipersona.core.engine import PersonaCore
-from aipersona.core.personas import Identity
+from aipersona.core import ConfigError, Edit, Identity, PersonaCore
 from tests.conftest import make_config
-from tests.fakes.discord_api import (
+from tests.fakes.discord import (
     FAKE_TOKEN,
     FakeChannel,
     FakeDiscord,
@@ -377,7 +374,7 @@ async def test_forget_field_and_forget_all_really_delete(
         await chat(fake, CHANNEL, ALICE, f"{MENTION} remember me", mentions_bot=True)
         await chat(fake, DM_ALICE, ALICE, "and in private")
         await chat(fake, CHANNEL, BOB, f"{MENTION} I'm bob", mentions_bot=True)
-        alice_id = await core.store.find(ident(ALICE))
+        alice_id = await core.storage.find_persona(ident(ALICE))
         assert alice_id is not None and count_rows(db_path, "messages", alice_id) == 4
 
         one = await command(

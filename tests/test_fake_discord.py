@@ -15,7 +15,7 @@ from discord import app_commands
 from discord.ext import commands
 
 try:  # works whether or not tests/ is a package
-    from tests.fakes.discord_api import (
+    from tests.fakes.discord import (
         FAKE_TOKEN,
         FakeChannel,
         FakeDiscord,
@@ -25,7 +25,7 @@ try:  # works whether or not tests/ is a package
         running_bot,
     )
 except ImportError:  # pragma: no cover - rootdir-less import mode
-    from fakes.discord_api import (  # type: ignore[no-redef]
+    from fakes.discord import (  # type: ignore[no-redef]
         FAKE_TOKEN,
         FakeChannel,
         FakeDiscord,

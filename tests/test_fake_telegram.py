@@ -30,9 +30,9 @@ from telegram.ext import (
 from telegram.helpers import escape_markdown
 
 try:  # works whether or not tests/ is a package
-    from tests.fakes.telegram_api import ApiError, FakeTelegramAPI, parse_html, parse_markdown_v2
+    from tests.fakes.telegram import ApiError, FakeTelegramAPI, parse_html, parse_markdown_v2
 except ImportError:  # pragma: no cover - rootdir-less import mode
-    from fakes.telegram_api import (  # type: ignore[no-redef]
+    from fakes.telegram import (  # type: ignore[no-redef]
         ApiError,
         FakeTelegramAPI,
         parse_html,

@@ -13,9 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from aipersona.core.config import Config
-from aipersona.core.engine import PersonaCore
-from aipersona.core.personas import Identity
+from aipersona.core import Config, Identity, PersonaCore
 
 pytestmark = [pytest.mark.local_model, pytest.mark.timeout(600)]
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from aipersona.core.config import Config
+from aipersona.core import Config
 from aipersona.personabench.data import append_jsonl, load_personas, read_jsonl
 from aipersona.personabench.evaluate import RunOptions, retrieve, run_bench
 from aipersona.personabench.generate import GenerateOptions, generate, validate_persona

@@ -15,12 +15,19 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from aipersona.core.config import Config
-from aipersona.core.edits import OPS, Edit
-from aipersona.core.engine import PersonaCore
-from aipersona.core.llm import Completion, LLMClient, ToolCall
-from aipersona.core.personas import Identity
-from aipersona.core.schema import BUILTIN_FIELDS, FieldValidationError, clean_text
+from aipersona.core import (
+    Completion,
+    Config,
+    Edit,
+    FieldValidationError,
+    Identity,
+    LLMClient,
+    PersonaCore,
+    clean_text,
+)
+from aipersona.core.edits import OPS
+from aipersona.core.llm import ToolCall
+from aipersona.core.schema import BUILTIN_FIELDS
 from tests.conftest import make_config
 from tests.fakes.openai_server import FakeOpenAI
 
@@ -143,7 +150,7 @@ def test_random_edits_keep_the_persona_valid(harness: Harness, batches: list[lis
     assert len(history) == applied
     by_field: dict[str, list[int]] = {}
     for h in reversed(history):
-        by_field.setdefault(h["field"], []).append(h["version"])
+        by_field.setdefault(h.field, []).append(h.version)
     for versions in by_field.values():
         assert versions == sorted(set(versions))  # per-field versions only go up
 

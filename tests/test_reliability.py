@@ -1,16 +1,12 @@
-"""Fault tolerance: a failing model endpoint, SIGKILL mid-transaction, two writer processes,
-and isolation between 200 concurrent users. Deterministic and bounded in time."""
+"""Fault tolerance: a failing model endpoint, hostile replies, and isolation between 200
+concurrent users. Deterministic and bounded in time. (Crashes mid-transaction and several
+processes on one file are the SQLite backend's own tests: tests/storage/.)"""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import signal
-import sqlite3
-import sys
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -18,10 +14,7 @@ from typing import Any
 import openai._base_client
 import pytest
 
-from aipersona.core.db import Database, Migration, bundled_migrations
-from aipersona.core.edits import Edit
-from aipersona.core.engine import PersonaCore
-from aipersona.core.personas import Identity
+from aipersona.core import Edit, Identity, PersonaCore
 from tests.conftest import make_config
 from tests.fakes.openai_server import (
     CutStream,
@@ -195,281 +188,14 @@ async def test_invalid_optimizer_json_is_bounded_and_changes_nothing(
             if i == 0:
                 await core.end_session(ALICE, "c1")
             else:
-                update = (await core.sessions.pending_updates())[0]
-                await core.run_update(update)
+                await core.run_pending_updates()  # retry the same update
             await core.wait_for_updates()
         persona = await core.persona(ALICE)
         assert persona is not None and persona.values == KNOWN
-    with sqlite3.connect(db_path) as conn:
-        rows = conn.execute("SELECT status, attempts FROM persona_updates").fetchall()
-    assert rows == [("failed", 3)]
+        data = await core.export(ALICE)
+    assert data is not None
+    assert [(u["status"], u["attempts"]) for u in data["persona_updates"]] == [("failed", 3)]
     assert len(raw_fake.json_requests()) == 3
-
-
-# -- SIGKILL in the middle of a transaction --------------------------------------------------
-
-UPDATE_CHILD = """
-import asyncio, sys
-from aipersona.core import personas
-from aipersona.core.config import Config
-from aipersona.core.engine import PersonaCore
-
-db_path, base_url = sys.argv[1], sys.argv[2]
-original = personas.PersonaStore._write_changes
-
-async def write_then_block(self, conn, persona_id, persona, changes):
-    await original(self, conn, persona_id, persona, changes)
-    await conn.execute("PRAGMA cache_spill = ON")
-    print("MID-TRANSACTION", flush=True)  # the changes are written, not committed
-    await asyncio.sleep(3600)
-
-personas.PersonaStore._write_changes = write_then_block
-
-async def main():
-    cfg = Config.from_dict({
-        "database": {"path": db_path},
-        "llm": {"base_url": base_url, "model": "fake-model", "max_retries": 0},
-        "sessions": {"sweep_seconds": 3600},
-    })
-    async with PersonaCore(cfg) as core:  # start-up runs the pending update
-        await core.wait_for_updates()
-    print("FINISHED", flush=True)
-
-asyncio.run(main())
-"""
-
-MIGRATION_CHILD = """
-import asyncio, sys, time
-from aipersona.core.db import Database, Migration, bundled_migrations
-
-SQL = sys.stdin.read()
-
-def pause():
-    print("MID-MIGRATION", flush=True)
-    time.sleep(3600)
-
-async def main():
-    db = await Database.open(sys.argv[1])
-    await db.conn.create_function("pause", 0, pause)
-    await db.migrate([*bundled_migrations(), Migration(2, "notes", SQL)])
-    print("FINISHED", flush=True)
-
-asyncio.run(main())
-"""
-
-MIGRATION_SQL = """
-ALTER TABLE personas ADD COLUMN note TEXT;
-UPDATE personas SET note = 'migrated';
-CREATE TABLE notes (persona_id INTEGER PRIMARY KEY, body TEXT NOT NULL);
-INSERT INTO notes SELECT id, 'n' || id FROM personas;
-SELECT pause();
-CREATE INDEX notes_body ON notes(body);
-"""
-
-
-async def run_child_until(
-    script: str, args: list[str], marker: str, tmp: Path, stdin: bytes = b""
-) -> None:
-    """Start a child, wait for ``marker`` on its stdout, then SIGKILL it."""
-    path = tmp / "child.py"
-    path.write_text(textwrap.dedent(script), encoding="utf-8")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(path),
-        *args,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert proc.stdin is not None and proc.stdout is not None
-    proc.stdin.write(stdin)
-    proc.stdin.close()
-    try:
-        line = await asyncio.wait_for(proc.stdout.readline(), 30)
-        assert line.decode().strip() == marker, (line, await proc.stderr.read())  # type: ignore[union-attr]
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        await proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-
-
-def integrity_ok(db_path: Path) -> None:
-    with sqlite3.connect(db_path) as conn:
-        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
-
-
-async def test_sigkill_during_persona_update_then_restart_reruns_it(
-    fake_llm: FakeOpenAI, db_path: Path, tmp_path: Path
-) -> None:
-    cfg = make_config(db_path, fake_llm.base_url, persona={"update_every": 1})
-    fake_llm.push("json", Error(503))  # the first attempt fails: the update stays pending
-    async with PersonaCore(cfg) as core:
-        await known_persona(core)
-        await core.respond(ALICE, "c1", "call me Alicia, I'm 31 and I climb")
-        await core.end_session(ALICE, "c1")
-        await core.wait_for_updates()
-    with sqlite3.connect(db_path) as conn:
-        assert conn.execute("SELECT status, attempts FROM persona_updates").fetchall() == [
-            ("pending", 1)
-        ]
-        versions_before = conn.execute("SELECT COUNT(*) FROM persona_versions").fetchone()[0]
-
-    fake_llm.push("json", UPDATE)
-    await run_child_until(
-        UPDATE_CHILD, [str(db_path), fake_llm.base_url], "MID-TRANSACTION", tmp_path
-    )
-
-    integrity_ok(db_path)
-    with sqlite3.connect(db_path) as conn:
-        fields = dict(conn.execute("SELECT field, value FROM persona_fields").fetchall())
-        status = conn.execute("SELECT status, attempts FROM persona_updates").fetchall()
-        versions = conn.execute("SELECT COUNT(*) FROM persona_versions").fetchone()[0]
-    # before the update, entirely: no field, no version row, no status change
-    assert {k: json.loads(v) for k, v in fields.items()} == KNOWN
-    assert versions == versions_before
-    assert status == [("pending", 1)]
-
-    fake_llm.push("json", UPDATE)
-    async with PersonaCore(cfg) as core:  # restart: the pending update runs again
-        await core.wait_for_updates()
-        persona = await core.persona(ALICE)
-        assert persona is not None and persona.values == AFTER
-    integrity_ok(db_path)
-    with sqlite3.connect(db_path) as conn:
-        assert conn.execute("SELECT status, attempts FROM persona_updates").fetchall() == [
-            ("done", 2)
-        ]
-    assert len(fake_llm.json_requests()) == 3
-
-
-async def test_sigkill_during_migration_rolls_back_then_reapplies(
-    db_path: Path, tmp_path: Path
-) -> None:
-    db = await Database.open(db_path)
-    await db.migrate()
-    async with db.write() as conn:
-        for i in range(50):
-            await conn.execute(
-                "INSERT INTO personas (created_at, updated_at) VALUES (?, ?)", (i, i)
-            )
-    await db.close()
-
-    await run_child_until(
-        MIGRATION_CHILD, [str(db_path)], "MID-MIGRATION", tmp_path, MIGRATION_SQL.encode()
-    )
-
-    integrity_ok(db_path)
-    with sqlite3.connect(db_path) as conn:
-        assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [(1,)]
-        columns = [r[1] for r in conn.execute("PRAGMA table_info(personas)")]
-        assert "note" not in columns
-        assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'notes'").fetchall() == []
-        assert conn.execute("SELECT COUNT(*) FROM personas").fetchone() == (50,)
-
-    db = await Database.open(db_path)
-    await db.conn.create_function("pause", 0, lambda: None)
-    applied = await db.migrate([*bundled_migrations(), Migration(2, "notes", MIGRATION_SQL)])
-    await db.close()
-    assert [m.version for m in applied] == [2]
-    integrity_ok(db_path)
-    with sqlite3.connect(db_path) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM notes").fetchone() == (50,)
-        assert conn.execute("SELECT DISTINCT note FROM personas").fetchall() == [("migrated",)]
-
-
-# -- two processes on one database file ------------------------------------------------------
-
-WRITER_CHILD = """
-import asyncio, sys
-from aipersona.core.config import Config
-from aipersona.core.edits import Edit
-from aipersona.core.engine import PersonaCore
-from aipersona.core.llm import Completion, LLMClient
-from aipersona.core.personas import Identity
-
-db_path, proc, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-
-class Stub(LLMClient):
-    async def complete(self, messages, **kw):
-        return Completion("ok " + messages[-1]["content"], finish_reason="stop")
-
-async def main():
-    cfg = Config.from_dict({
-        "database": {"path": db_path, "busy_timeout_ms": 5000},
-        "llm": {"base_url": "http://127.0.0.1:9/v1", "tools": False},
-        "sessions": {"sweep_seconds": 3600},
-    })
-    async with PersonaCore(cfg, llm=Stub(cfg.llm)) as core:
-        shared = Identity("cli", "shared")
-
-        async def talk(u):
-            for i in range(n):
-                reply = await core.respond(Identity("cli", f"p{proc}-u{u}"), "c", f"{proc}/{u}/{i}")
-                assert reply.ok, reply.error
-                await core.respond(shared, f"chat-{proc}", f"{proc}/shared/{u}/{i}")
-
-        async def learn():
-            for i in range(10):
-                changes, rejected = await core.edit_persona(
-                    shared, [Edit("Personality.Values_and_Interests", "append", f"p{proc} #{i}")]
-                )
-                assert changes and not rejected, rejected
-
-        await asyncio.gather(*[talk(u) for u in range(5)], learn())
-    print("FINISHED", flush=True)
-
-asyncio.run(main())
-"""
-
-
-async def test_two_processes_write_one_file_without_loss(db_path: Path, tmp_path: Path) -> None:
-    db = await Database.open(db_path)
-    await db.migrate()
-    await db.close()
-    script = tmp_path / "writer.py"
-    script.write_text(textwrap.dedent(WRITER_CHILD), encoding="utf-8")
-    n = 30
-    procs = [
-        await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(script),
-            str(db_path),
-            str(p),
-            str(n),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        for p in (1, 2)
-    ]
-    outs = await asyncio.wait_for(asyncio.gather(*[p.communicate() for p in procs]), 50)
-    for proc, (out, err) in zip(procs, outs, strict=True):
-        assert proc.returncode == 0, err.decode()[-2000:]
-        assert out.decode().strip() == "FINISHED"
-        assert "locked" not in err.decode() and "Traceback" not in err.decode()
-    integrity_ok(db_path)
-    with sqlite3.connect(db_path) as conn:
-        by_role = dict(conn.execute("SELECT role, COUNT(*) FROM messages GROUP BY role"))
-        # per process: 5 users x n turns, each also talking as "shared": 2 messages a turn
-        assert by_role == {"user": 2 * 5 * n * 2, "assistant": 2 * 5 * n * 2}
-        shared_id = conn.execute(
-            "SELECT persona_id FROM identities WHERE platform_user_id = 'shared'"
-        ).fetchone()[0]
-        (value,) = conn.execute(
-            "SELECT value FROM persona_fields WHERE persona_id = ? AND field = ?",
-            (shared_id, "Personality.Values_and_Interests"),
-        ).fetchone()
-        versions = [
-            r[0]
-            for r in conn.execute(
-                "SELECT version FROM persona_versions WHERE persona_id = ? ORDER BY version",
-                (shared_id,),
-            )
-        ]
-        assert conn.execute("SELECT COUNT(*) FROM personas").fetchone() == (11,)
-    # no lost update: 20 appends from two processes, all kept, versions 1..20 without gaps
-    assert sorted(json.loads(value)) == sorted(f"p{p} #{i}" for p in (1, 2) for i in range(10))
-    assert versions == list(range(1, 21))
 
 
 # -- isolation under load ---------------------------------------------------------------------
@@ -528,4 +254,3 @@ async def test_identity_cache_notices_changes_made_by_another_process(
         third = await a.respond(ALICE, "c", "who am I?")
         assert third.ok and third.persona_id == bob_id
         assert '"Name":"Bob"' in system_text(fake_llm.chat_requests()[-1])
-    integrity_ok(db_path)

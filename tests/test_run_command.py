@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 
 from aipersona.adapters import cli as run_cli
-from aipersona.core import cli
-from aipersona.core.config import ConfigError
-from tests.fakes.discord_api import FAKE_TOKEN, FakeDiscord, patched_discord
+from aipersona.core import ConfigError, cli
+from tests.fakes.discord import FAKE_TOKEN, FakeDiscord, patched_discord
 from tests.fakes.openai_server import FakeOpenAI
-from tests.fakes.telegram_api import FakeTelegramAPI
+from tests.fakes.telegram import FakeTelegramAPI
 
 pytestmark = pytest.mark.timeout(60)
 

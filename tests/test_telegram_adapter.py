@@ -33,10 +33,7 @@ from aipersona.adapters.telegram import (
     setup_commands,
 )
 from aipersona.adapters.telegram.flood import leaky_bucket
-from aipersona.core.config import Config, ConfigError
-from aipersona.core.edits import Edit
-from aipersona.core.engine import PersonaCore
-from aipersona.core.personas import Identity
+from aipersona.core import Config, ConfigError, Edit, Identity, PersonaCore
 from tests.fakes.openai_server import (
     Error,
     FakeOpenAI,
@@ -45,7 +42,7 @@ from tests.fakes.openai_server import (
     system_text,
     updates,
 )
-from tests.fakes.telegram_api import FakeTelegramAPI, parse_html
+from tests.fakes.telegram import FakeTelegramAPI, parse_html
 
 TOKEN = "123456:TEST-TOKEN"
 BOT = "persona_test_bot"
@@ -598,7 +595,7 @@ async def test_forget_all_deletes_everything_of_that_user(
             await wait_text(tg, chat, "Session ended")
         await set_job(core, ALICE_ID, "nurse")
         await set_job(core, BOB_ID, "pilot")
-        alice_pid = await core.store.find(ALICE_ID)
+        alice_pid = await core.storage.find_persona(ALICE_ID)
 
         tg.push_message(ALICE, ALICE, "/forget Demographics.Nonsense")
         await wait_text(tg, ALICE, "unknown persona field")

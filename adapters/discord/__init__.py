@@ -14,11 +14,13 @@ application in the Discord developer portal (Bot → Privileged Gateway Intents)
 
 from __future__ import annotations
 
+from ..registry import AdapterSpec
 from .bot import bot_intents, build_bot, run_discord, sync_app_commands
 from .cog import EXPORT_FILENAME, PersonaCog, help_text, identity_of
 from .settings import DiscordSettings
 
 __all__ = [
+    "ADAPTER",
     "EXPORT_FILENAME",
     "DiscordSettings",
     "PersonaCog",
@@ -29,3 +31,6 @@ __all__ = [
     "run_discord",
     "sync_app_commands",
 ]
+
+ADAPTER = AdapterSpec("discord", DiscordSettings, run_discord)
+"""The platform's entry in ``aipersona.adapters`` (its config table and runner)."""

@@ -14,8 +14,7 @@ from typing import Any
 import discord
 from discord.ext import commands
 
-from aipersona.core.config import ConfigError
-from aipersona.core.engine import PersonaCore
+from aipersona.core import ConfigError, PersonaCore
 
 from .cog import PersonaCog
 from .settings import DiscordSettings

@@ -22,9 +22,7 @@ from discord import app_commands
 from discord.ext import commands
 from discord.utils import MISSING
 
-from aipersona.core.engine import PersonaCore
-from aipersona.core.personas import Identity
-from aipersona.core.schema import FieldValidationError
+from aipersona.core import FieldValidationError, Identity, PersonaCore
 
 from ..common import (
     ONLY_TEXT,

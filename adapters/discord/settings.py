@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from aipersona.core.config import Config
+from aipersona.core import Config
 
 from ..common import AdapterSettings, ids_as_strings
 
@@ -36,7 +36,7 @@ class DiscordSettings(AdapterSettings):
     @classmethod
     def from_config(cls, config: Config) -> DiscordSettings:
         """Parse ``config.discord``; raises ``ConfigError`` naming the bad keys."""
-        return cls.parse("discord", config.discord)
+        return cls.parse("discord", config.table("discord"))
 
     def guild_allowed(self, guild_id: object) -> bool:
         return not self.allowed_guilds or str(guild_id) in self.allowed_guilds

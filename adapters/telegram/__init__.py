@@ -13,6 +13,7 @@ Embedded in an existing Application::
 Flood control for a host Application: ``builder.rate_limiter(FloodLimiter(settings))``.
 """
 
+from ..registry import AdapterSpec
 from .bot import build_application, run_telegram
 from .flood import FloodLimiter
 from .format import html_chunks, markdown_to_html
@@ -21,6 +22,7 @@ from .menu import PERSONA_COMMANDS, setup_commands
 from .settings import TelegramSettings
 
 __all__ = [
+    "ADAPTER",
     "DEFAULT_GROUP",
     "PERSONA_COMMANDS",
     "FloodLimiter",
@@ -33,3 +35,6 @@ __all__ = [
     "run_telegram",
     "setup_commands",
 ]
+
+ADAPTER = AdapterSpec("telegram", TelegramSettings, run_telegram)
+"""The platform's entry in ``aipersona.adapters`` (its config table and runner)."""

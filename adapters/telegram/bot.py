@@ -11,7 +11,7 @@ from telegram import Update
 from telegram.error import NetworkError, TelegramError
 from telegram.ext import Application, ContextTypes
 
-from aipersona.core.engine import PersonaCore
+from aipersona.core import PersonaCore
 
 from .flood import flood_limiter
 from .handlers import register_persona_handlers

@@ -31,10 +31,8 @@ from aipersona.adapters.common import (
     rate_limited_text,
     too_long_text,
 )
-from aipersona.core.engine import PersonaCore
+from aipersona.core import FieldValidationError, Identity, PersonaCore
 from aipersona.core.locks import KeyedLocks
-from aipersona.core.personas import Identity
-from aipersona.core.schema import FieldValidationError
 
 from .menu import PERSONA_COMMANDS, help_text, setup_commands
 from .outbox import LiveReply, Outbox, Target, typing

@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field
 
 from aipersona.adapters.common import AdapterSettings
-from aipersona.core.config import Config, ConfigError
+from aipersona.core import Config, ConfigError
 
 _SECRET_RE = re.compile(r"[A-Za-z0-9_-]{1,256}")
 
@@ -38,7 +38,7 @@ class TelegramSettings(AdapterSettings):
     @classmethod
     def from_config(cls, config: Config) -> TelegramSettings:
         """Validate the raw ``[telegram]`` table of a Config (ConfigError if invalid)."""
-        return cls.parse("telegram", config.telegram)
+        return cls.parse("telegram", config.table("telegram"))
 
     @property
     def html(self) -> bool:

@@ -1,0 +1,226 @@
+"""The learning loop: runs scheduled persona updates and ends idle sessions.
+
+Updates are scheduled by storage (every k finished sessions, in the transaction that ends
+the session). Here each persona gets at most one task at a time that runs its pending
+updates oldest first: claim (a lease, so another process on the same store does not run it
+too), propose (one optimizer call, no lock held), apply (under the persona lock, atomically
+with marking the update done). Every failed attempt counts; see ``_attempt``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import time
+
+from .editing import PersonaEditor
+from .edits import Change
+from .errors import LLMError, PersonaNotFound
+from .hooks import Hooks
+from .locks import KeyedLocks
+from .optimizer import PersonaOptimizer
+from .storage import Storage, UpdateOutcome
+from .tools import ToolContext
+from .types import Identity, PendingUpdate
+
+log = logging.getLogger(__name__)
+
+SWEEP_BATCH = 100
+
+
+class LearningLoop:
+    def __init__(
+        self,
+        storage: Storage,
+        optimizer: PersonaOptimizer,
+        editor: PersonaEditor,
+        hooks: Hooks,
+        locks: KeyedLocks,
+        *,
+        max_attempts: int,
+        lease_seconds: float,
+        sweep_seconds: float,
+    ) -> None:
+        self.storage = storage
+        self.optimizer = optimizer
+        self.editor = editor
+        self.hooks = hooks
+        self.locks = locks
+        self.max_attempts = max_attempts
+        self.lease_seconds = lease_seconds
+        self.sweep_seconds = sweep_seconds
+        # who holds a claim: host and pid (a dead local owner's claim is taken over at once)
+        self.owner = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._rerun: set[int] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+        self.running = False
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    async def start(self, *, run_pending: bool = True, sweep: bool = True) -> None:
+        self.running = True
+        if run_pending:
+            for persona_id in dict.fromkeys(
+                u.persona_id for u in await self.storage.pending_updates()
+            ):
+                self.kick(persona_id)
+        if sweep:
+            self._sweeper = asyncio.create_task(self._sweep_loop(), name="aipersona-sweeper")
+
+    async def close(self) -> None:
+        self.running = False
+        tasks = [*self._tasks.values()]
+        if self._sweeper is not None:
+            tasks.append(self._sweeper)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):  # best effort: leases run out anyway
+            await self.storage.release_updates(self.owner)
+
+    # -- updates ----------------------------------------------------------------------------
+
+    def kick(self, persona_id: int) -> None:
+        """Run the persona's pending updates now (or again, after the running pass)."""
+        if not self.running:
+            return
+        task = self._tasks.get(persona_id)
+        if task is not None and not task.done():
+            self._rerun.add(persona_id)
+            return
+        task = asyncio.create_task(self._run(persona_id), name=f"persona-update-{persona_id}")
+        self._tasks[persona_id] = task
+        task.add_done_callback(lambda t, pid=persona_id: self._done(pid, t))
+
+    def cancel(self, persona_id: int) -> None:
+        task = self._tasks.get(persona_id)
+        if task is not None:
+            task.cancel()
+
+    def _done(self, persona_id: int, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(persona_id) is task:
+            del self._tasks[persona_id]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("persona update task failed", exc_info=task.exception())
+        elif persona_id in self._rerun:
+            self._rerun.discard(persona_id)
+            self.kick(persona_id)
+
+    async def wait(self) -> None:
+        """Wait until no persona update is running."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
+
+    async def _run(self, persona_id: int) -> None:
+        """Run this persona's pending updates, oldest first.
+
+        The run stops at the first update that fails or that another worker holds: a later
+        update is never applied before an earlier one (its facts would be overwritten by
+        older ones). A failed update is retried at the next session end or start, until
+        ``max_attempts`` marks it ``failed``; then the later ones proceed. Other personas run
+        in their own tasks, so one persona's bad update never holds up another's.
+        """
+        for update in await self.storage.pending_updates(persona_id):
+            if await self.run_update(update) is None:  # still pending: keep the order
+                return
+
+    async def run_update(self, update: PendingUpdate) -> list[Change] | None:
+        """Claim and attempt one update; the changes made, or None if it is still pending
+        (failed this time, or claimed by another worker)."""
+        claimed = await self.storage.claim_update(
+            update.id, self.owner, time.time(), self.lease_seconds
+        )
+        if claimed is None:  # another worker holds it (or just finished it): not ours now
+            return None
+        return await self._attempt(claimed)
+
+    async def _attempt(self, update: PendingUpdate) -> list[Change] | None:
+        """One attempt at a claimed update.
+
+        Every failure, whatever the exception, counts as an attempt: the error is stored,
+        and the update becomes ``failed`` after ``max_attempts``. Only cancellation
+        (shutdown, forget-all) passes through; the claim is then released or runs out.
+        """
+        try:
+            transcripts = await self.storage.transcripts(update.session_ids)
+            persona = await self.storage.load_persona(update.persona_id)
+            result = await self.optimizer.propose(persona.nested(), transcripts)
+            outcome = UpdateOutcome(update.id, tuple(r.reason for r in result.rejected))
+            async with self.locks.hold(update.persona_id):
+                # the before-hook sees the persona the edits were proposed for; storage
+                # applies them to the values it reads in its own transaction
+                edited = await self.editor.apply(
+                    update.persona_id,
+                    result.edits,
+                    source="optimizer",
+                    session_ids=update.session_ids,
+                    persona=persona,
+                    outcome=outcome,
+                )
+        except PersonaNotFound:
+            return []  # forgotten meanwhile: its rows are gone with it
+        except LLMError as exc:
+            return await self._failed(update, str(exc))
+        except Exception as exc:  # a bug or a hostile reply: still one bounded attempt
+            log.exception("persona update %s raised", update.id)
+            return await self._failed(update, f"{type(exc).__name__}: {exc}")
+        log.info(
+            "persona %s updated from sessions %s: %d change(s)",
+            update.persona_id,
+            update.session_ids,
+            len(edited.changes),
+        )
+        return edited.changes
+
+    async def _failed(self, update: PendingUpdate, error: str) -> list[Change] | None:
+        final = await self.storage.fail_update(update.id, error, self.max_attempts)
+        log.warning(
+            "persona update %s failed (attempt %d%s): %s",
+            update.id,
+            update.attempts + 1,
+            ", giving up" if final else "",
+            error,
+        )
+        return [] if final else None
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    async def sessions_ended(
+        self, context: ToolContext, session_ids: list[int], reason: str
+    ) -> None:
+        """Tell plugins, then run the updates the endings may have scheduled."""
+        for sid in session_ids:
+            await self.hooks.notify(
+                "aipersona_session_ended", context=context, session_id=sid, reason=reason
+            )
+        if session_ids:
+            self.kick(context.persona_id)
+
+    async def sweep_idle_sessions(self, now: float | None = None) -> int:
+        """End every idle session, batch by batch (hooks and updates of one batch before the
+        next, so a backlog never holds the write lock for long); return how many."""
+        now = time.time() if now is None else now
+        total = 0
+        while True:
+            ended = await self.storage.sweep_idle(now, batch=SWEEP_BATCH)
+            for persona_id, session_id in ended:
+                identities = await self.storage.identities(persona_id)
+                ident = identities[0] if identities else Identity("unknown", "?")
+                context = self.editor.context(persona_id, ident, "", session_id)
+                await self.sessions_ended(context, [session_id], "idle")
+            total += len(ended)
+            if len(ended) < SWEEP_BATCH:
+                return total
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_seconds)
+            try:
+                await self.sweep_idle_sessions()
+            except Exception:
+                log.exception("idle-session sweep failed")

@@ -1,0 +1,165 @@
+"""The storage contract: everything the core keeps, in domain terms.
+
+The core talks to storage only through ``Storage``; no module outside ``core/storage/``
+imports a database driver or writes SQL. A backend implements every method; the contract
+tests in ``tests/storage/`` run the same scenarios against each backend.
+
+Rules every backend keeps:
+
+- Each method is atomic: it commits completely or not at all, even if the process is
+  killed half-way.
+- A person's persona, sessions, messages and updates are reachable only through their
+  persona id; nothing one method returns holds another persona's data.
+- Ending a session and scheduling the persona update it completes happen in one transaction
+  (an update is never lost between the two).
+- Versions of a field count up and never go back, even across deletes; a rollback is itself
+  a new version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..edits import Edit
+from ..schema import PersonaSchema
+from ..types import (
+    EditResult,
+    HistoryEntry,
+    Identity,
+    PendingUpdate,
+    Persona,
+    Transcript,
+    TurnStart,
+)
+
+
+@dataclass(frozen=True)
+class SessionRules:
+    """How sessions behave; the storage applies them inside its transactions."""
+
+    idle_seconds: float = 30 * 60
+    update_every: int = 3  # k: one persona update per k finished sessions
+    history_messages: int = 20
+    history_token_budget: int = 3000
+
+
+@dataclass(frozen=True)
+class UpdateOutcome:
+    """Marks a claimed persona update done in the same transaction as its edits."""
+
+    update_id: int
+    notes: tuple[str, ...] = ()  # why edits were refused (stored with the update)
+
+
+class Storage(Protocol):
+    """A persona store. All methods are coroutines and safe to call concurrently."""
+
+    rules: SessionRules
+    location: str  # what to show the user: a file path or a URL without password
+
+    # -- life cycle -------------------------------------------------------------------------
+    async def close(self) -> None:
+        """Release connections and threads."""
+
+    async def migrate(self) -> list[str]:
+        """Apply pending migrations, each atomically; return the names applied."""
+
+    async def schema_version(self) -> int:
+        """The newest applied migration number (0 for an empty store)."""
+
+    # -- identities -------------------------------------------------------------------------
+    async def find_persona(self, identity: Identity) -> int | None:
+        """The persona id of an identity, or None."""
+
+    async def resolve_persona(self, identity: Identity) -> int:
+        """The persona id of an identity, creating an empty persona the first time."""
+
+    async def identities(self, persona_id: int) -> list[Identity]:
+        """Every identity that shares this persona, oldest link first."""
+
+    async def link(self, primary: Identity, other: Identity) -> int:
+        """Make ``other`` share ``primary``'s persona (merging ``other``'s own persona:
+        fields the primary lacks, history, sessions, messages, updates); return its id."""
+
+    # -- personas ---------------------------------------------------------------------------
+    async def load_persona(self, persona_id: int) -> Persona:
+        """The current values and versions (PersonaNotFound if it does not exist)."""
+
+    async def apply_edits(
+        self,
+        persona_id: int,
+        edits: list[Edit],
+        schema: PersonaSchema,
+        *,
+        source: str,
+        session_ids: list[int] | None = None,
+        outcome: UpdateOutcome | None = None,
+    ) -> EditResult:
+        """Validate ``edits`` against ``schema`` and the values read in the transaction,
+        write the changes as new versions, and (with ``outcome``) mark that update done with
+        its notes plus the refusal reasons, all in one transaction."""
+
+    async def rollback(self, persona_id: int, version_id: int) -> EditResult:
+        """Return one field to its value right after history entry ``version_id`` (a new
+        version, source ``rollback``). PersonaNotFound if the entry is not this persona's."""
+
+    async def history(
+        self, persona_id: int, *, field: str | None = None, limit: int = 200
+    ) -> list[HistoryEntry]:
+        """Versions, newest first."""
+
+    async def export(self, persona_id: int) -> dict[str, Any]:
+        """Everything stored about the person, as JSON-ready data."""
+
+    async def delete_persona(self, persona_id: int) -> bool:
+        """Delete the persona and everything about it, so that the deleted text is not left
+        readable in the store's files; False if it did not exist."""
+
+    # -- turns and sessions -----------------------------------------------------------------
+    async def begin_turn(
+        self, persona_id: int, identity: Identity, chat_id: str, text: str, now: float
+    ) -> TurnStart | None:
+        """Store a user message in the open session of (persona, platform, chat), ending an
+        idle one and starting a new one as the rules say; refresh the identity's display
+        name; return the persona and the bounded history. None if the identity no longer
+        maps to ``persona_id`` (linked or deleted meanwhile): resolve it again."""
+
+    async def add_reply(
+        self, persona_id: int, platform: str, chat_id: str, text: str, now: float
+    ) -> int:
+        """Store the assistant's reply in the open session; return the message id."""
+
+    async def end_open_session(
+        self, persona_id: int, platform: str, chat_id: str, reason: str, now: float
+    ) -> int | None:
+        """End the person's open session in that chat (scheduling an update when k sessions
+        wait); return its id, or None if there was none."""
+
+    async def sweep_idle(self, now: float, *, batch: int = 100) -> list[tuple[int, int]]:
+        """End up to ``batch`` sessions idle past the rules' timeout, scheduling updates;
+        return (persona id, session id) pairs. Safe to run in several workers at once: a
+        session is ended once."""
+
+    async def transcripts(self, session_ids: list[int]) -> list[Transcript]:
+        """The user and assistant messages of these sessions, in order."""
+
+    # -- persona updates --------------------------------------------------------------------
+    async def pending_updates(self, persona_id: int | None = None) -> list[PendingUpdate]:
+        """Updates still to run, oldest first."""
+
+    async def claim_update(
+        self, update_id: int, owner: str, now: float, lease_seconds: float
+    ) -> PendingUpdate | None:
+        """Take a pending update for ``owner`` until ``now + lease_seconds``; None if it is
+        done, failed, gone, or held by another live owner whose lease has not run out."""
+
+    async def release_updates(self, owner: str) -> None:
+        """Give back every claim ``owner`` still holds (on shutdown)."""
+
+    async def finish_update(self, update_id: int, notes: tuple[str, ...] = ()) -> None:
+        """Mark an update done without edits (e.g. vetoed by a plugin)."""
+
+    async def fail_update(self, update_id: int, error: str, max_attempts: int) -> bool:
+        """Count a failed attempt and store the error; True if the update is now ``failed``
+        for good (``max_attempts`` reached), False if it stays pending."""

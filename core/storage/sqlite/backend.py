@@ -1,0 +1,218 @@
+"""``SQLiteStorage``: the storage contract on one SQLite file (the embedded default).
+
+Each method is one function run on the connection's worker thread, in one round trip; the
+per-message path is two write transactions (``begin_turn``, ``add_reply``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ...edits import Edit
+from ...schema import PersonaSchema
+from ...types import (
+    EditResult,
+    HistoryEntry,
+    Identity,
+    PendingUpdate,
+    Persona,
+    Transcript,
+    TurnStart,
+)
+from ..base import SessionRules, UpdateOutcome
+from . import persona_queries as pq
+from . import session_queries as sq
+from .connection import Connection
+from .migrations import (
+    Migration,
+    applied_versions,
+    apply_migration,
+    bundled_migrations,
+    check_schema,
+)
+
+ID_CACHE_MAX = 100_000
+
+
+class SQLiteStorage:
+    """The ``Storage`` contract on SQLite.
+
+    ``(platform, user_id) -> persona id`` is cached in memory (bounded) because every message
+    needs it. The cache is a hint: ``begin_turn`` re-checks the mapping in its transaction,
+    so a link or a deletion by another process is noticed, not trusted.
+    """
+
+    def __init__(self, db: Connection, rules: SessionRules) -> None:
+        self.db = db
+        self.rules = rules
+        self.location = db.path
+        self._ids: dict[tuple[str, str], int] = {}
+
+    @classmethod
+    async def open(
+        cls,
+        path: str,
+        rules: SessionRules | None = None,
+        *,
+        busy_timeout_ms: int = 10_000,
+        migrations: list[Migration] | None = None,
+    ) -> SQLiteStorage:
+        """Open the file (refusing a foreign or a too-new database untouched)."""
+        known = migrations or bundled_migrations()
+
+        def check(conn: Any, where: str) -> None:
+            check_schema(conn, where, known)
+
+        db = await Connection.open(path, busy_timeout_ms=busy_timeout_ms, check=check)
+        return cls(db, rules or SessionRules())
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    async def migrate(self, migrations: list[Migration] | None = None) -> list[str]:
+        migrations = bundled_migrations() if migrations is None else migrations
+        await self.db.read(check_schema, self.location, migrations)
+        applied = []
+        for mig in migrations:
+            if await self.db.write(apply_migration, mig):
+                applied.append(f"{mig.version:04d}_{mig.name}")
+        return applied
+
+    async def schema_version(self) -> int:
+        versions = await self.db.read(applied_versions)
+        return max(versions, default=0)
+
+    # -- identities -------------------------------------------------------------------------
+
+    def _remember(self, ident: Identity, persona_id: int) -> None:
+        if len(self._ids) >= ID_CACHE_MAX:
+            self._ids.clear()
+        self._ids[ident.key] = persona_id
+
+    async def find_persona(self, identity: Identity) -> int | None:
+        found = self._ids.get(identity.key)
+        if found is None:
+            found = await self.db.read(pq.persona_of, identity)
+            if found is not None:
+                self._remember(identity, found)
+        return found
+
+    async def resolve_persona(self, identity: Identity) -> int:
+        found = await self.find_persona(identity)
+        if found is None:
+            found = await self.db.write(pq.resolve, identity, time.time())
+            self._remember(identity, found)
+        return found
+
+    async def identities(self, persona_id: int) -> list[Identity]:
+        return await self.db.read(pq.identities, persona_id)
+
+    async def link(self, primary: Identity, other: Identity) -> int:
+        try:
+            return await self.db.write(pq.link, primary, other, time.time())
+        finally:
+            self._ids.clear()
+
+    # -- personas ---------------------------------------------------------------------------
+
+    async def load_persona(self, persona_id: int) -> Persona:
+        return await self.db.read(pq.load_persona, persona_id)
+
+    async def apply_edits(
+        self,
+        persona_id: int,
+        edits: list[Edit],
+        schema: PersonaSchema,
+        *,
+        source: str,
+        session_ids: list[int] | None = None,
+        outcome: UpdateOutcome | None = None,
+    ) -> EditResult:
+        def apply(conn: Any) -> EditResult:
+            now = time.time()
+            result = pq.apply_edits(conn, persona_id, edits, schema, source, session_ids or [], now)
+            if outcome is not None:
+                notes = (*outcome.notes, *(r.reason for r in result.rejected))
+                sq.finish_update(conn, outcome.update_id, notes, now)
+            return result
+
+        return await self.db.write(apply)
+
+    async def rollback(self, persona_id: int, version_id: int) -> EditResult:
+        return await self.db.write(pq.rollback, persona_id, version_id, time.time())
+
+    async def history(
+        self, persona_id: int, *, field: str | None = None, limit: int = 200
+    ) -> list[HistoryEntry]:
+        return await self.db.read(pq.history, persona_id, field, limit)
+
+    async def export(self, persona_id: int) -> dict[str, Any]:
+        return await self.db.read(pq.export, persona_id, time.time())
+
+    async def delete_persona(self, persona_id: int) -> bool:
+        """Delete the persona and everything about it.
+
+        With ``secure_delete`` on the rows are overwritten with zeros in the database file;
+        the WAL, which still holds the old pages, is then checkpointed and truncated, so the
+        deleted text is in none of the database's files.
+        """
+        try:
+            deleted = await self.db.write(pq.delete, persona_id)
+        finally:
+            self._ids.clear()
+        if deleted:
+            await self.db.checkpoint_truncate()
+        return deleted
+
+    # -- turns and sessions -----------------------------------------------------------------
+
+    async def begin_turn(
+        self, persona_id: int, identity: Identity, chat_id: str, text: str, now: float
+    ) -> TurnStart | None:
+        start = await self.db.write(
+            sq.begin_turn, self.rules, persona_id, identity, chat_id, text, now
+        )
+        if start is None:
+            self._ids.pop(identity.key, None)  # stale: linked or deleted meanwhile
+        return start
+
+    async def add_reply(
+        self, persona_id: int, platform: str, chat_id: str, text: str, now: float
+    ) -> int:
+        stored = await self.db.write(
+            sq.add_message, self.rules, persona_id, platform, chat_id, "assistant", text, now
+        )
+        return stored.message_id
+
+    async def end_open_session(
+        self, persona_id: int, platform: str, chat_id: str, reason: str, now: float
+    ) -> int | None:
+        return await self.db.write(
+            sq.end_open_session, self.rules, persona_id, platform, chat_id, reason, now
+        )
+
+    async def sweep_idle(self, now: float, *, batch: int = 100) -> list[tuple[int, int]]:
+        return await self.db.write(sq.sweep_idle, self.rules, now, batch)
+
+    async def transcripts(self, session_ids: list[int]) -> list[Transcript]:
+        return await self.db.read(sq.transcripts, session_ids)
+
+    # -- persona updates --------------------------------------------------------------------
+
+    async def pending_updates(self, persona_id: int | None = None) -> list[PendingUpdate]:
+        return await self.db.read(sq.pending_updates, persona_id)
+
+    async def claim_update(
+        self, update_id: int, owner: str, now: float, lease_seconds: float
+    ) -> PendingUpdate | None:
+        return await self.db.write(sq.claim_update, update_id, owner, now, lease_seconds)
+
+    async def release_updates(self, owner: str) -> None:
+        await self.db.write(sq.release_updates, owner)
+
+    async def finish_update(self, update_id: int, notes: tuple[str, ...] = ()) -> None:
+        await self.db.write(sq.finish_update, update_id, notes, time.time())
+
+    async def fail_update(self, update_id: int, error: str, max_attempts: int) -> bool:
+        return await self.db.write(sq.fail_update, update_id, error, max_attempts, time.time())

@@ -1,0 +1,309 @@
+"""The Historical Session Manager's SQL: messages, sessions, bounded history, and the queue
+of persona updates (scheduling, claims with a lease, completion, failures).
+
+A session is one conversation of one person in one chat. It ends after ``idle_seconds`` of
+silence (noticed when the next message arrives, or by the idle sweep) or explicitly. Every
+``update_every`` finished sessions a ``persona_updates`` row is written in the same
+transaction that ends the session, so a scheduled update survives a crash or restart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+from dataclasses import dataclass
+
+from ...types import Identity, PendingUpdate, Transcript, TurnStart
+from ..base import SessionRules
+from . import persona_queries
+
+CHARS_PER_TOKEN = 4  # rough; good enough to bound prompt size without a tokenizer
+
+
+def estimate_tokens(text: str) -> int:
+    return len(text) // CHARS_PER_TOKEN + 4
+
+
+@dataclass
+class StoredMessage:
+    session_id: int
+    message_id: int
+    ended_sessions: list[int]
+
+
+def add_message(
+    conn: sqlite3.Connection,
+    rules: SessionRules,
+    persona_id: int,
+    platform: str,
+    chat_id: str,
+    role: str,
+    content: str,
+    now: float,
+) -> StoredMessage:
+    """Store a message in the open session (starting one, and ending an idle one)."""
+    ended: list[int] = []
+    row = conn.execute(
+        "SELECT id, last_message_at FROM sessions WHERE persona_id = ? AND platform = ?"
+        " AND chat_id = ? AND ended_at IS NULL ORDER BY id DESC LIMIT 1",
+        (persona_id, platform, chat_id),
+    ).fetchone()
+    session_id = None
+    if row is not None:
+        if role == "user" and now - row[1] > rules.idle_seconds:
+            _end(conn, row[0], row[1], "idle")
+            ended.append(int(row[0]))
+        else:
+            session_id = int(row[0])
+    if session_id is None:
+        cur = conn.execute(
+            "INSERT INTO sessions (persona_id, platform, chat_id, started_at, last_message_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (persona_id, platform, chat_id, now, now),
+        )
+        session_id = int(cur.lastrowid or 0)
+    else:
+        conn.execute("UPDATE sessions SET last_message_at = ? WHERE id = ?", (now, session_id))
+    cur = conn.execute(
+        "INSERT INTO messages (session_id, persona_id, role, content, platform, chat_id,"
+        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (session_id, persona_id, role, content, platform, chat_id, now),
+    )
+    if ended:
+        _schedule(conn, rules, persona_id, now)
+    return StoredMessage(session_id, int(cur.lastrowid or 0), ended)
+
+
+def begin_turn(
+    conn: sqlite3.Connection,
+    rules: SessionRules,
+    persona_id: int,
+    identity: Identity,
+    chat_id: str,
+    text: str,
+    now: float,
+) -> TurnStart | None:
+    """One write transaction: check the identity still maps to the persona (refreshing its
+    display name), store the user message, read the persona and the bounded history."""
+    if persona_queries.touch_identity(conn, identity) != persona_id:
+        return None
+    stored = add_message(conn, rules, persona_id, identity.platform, chat_id, "user", text, now)
+    return TurnStart(
+        persona_id,
+        stored.session_id,
+        stored.message_id,
+        stored.ended_sessions,
+        persona_queries.read_persona(conn, persona_id),
+        history_before(conn, rules, stored.session_id, stored.message_id),
+    )
+
+
+def history_before(
+    conn: sqlite3.Connection, rules: SessionRules, session_id: int, before_id: int
+) -> list[dict[str, str]]:
+    """The session's latest messages before ``before_id``, within the rules' bounds."""
+    if rules.history_messages <= 0 or rules.history_token_budget <= 0:
+        return []
+    rows = conn.execute(
+        "SELECT role, content FROM messages WHERE session_id = ? AND id < ?"
+        " AND role IN ('user', 'assistant') ORDER BY id DESC LIMIT ?",
+        (session_id, before_id, rules.history_messages),
+    ).fetchall()
+    picked: list[dict[str, str]] = []
+    used = 0
+    for role, content in rows:
+        cost = estimate_tokens(content)
+        if used + cost > rules.history_token_budget:
+            break
+        used += cost
+        picked.append({"role": role, "content": content})
+    picked.reverse()
+    # never open the history with an assistant turn cut from its question
+    while picked and picked[0]["role"] != "user":
+        picked.pop(0)
+    return picked
+
+
+def end_open_session(
+    conn: sqlite3.Connection,
+    rules: SessionRules,
+    persona_id: int,
+    platform: str,
+    chat_id: str,
+    reason: str,
+    now: float,
+) -> int | None:
+    rows = conn.execute(
+        "SELECT id FROM sessions WHERE persona_id = ? AND platform = ? AND chat_id = ?"
+        " AND ended_at IS NULL ORDER BY id",
+        (persona_id, platform, chat_id),
+    ).fetchall()
+    for row in rows:
+        _end(conn, row[0], now, reason)
+    if rows:
+        _schedule(conn, rules, persona_id, now)
+    return int(rows[-1][0]) if rows else None
+
+
+def sweep_idle(
+    conn: sqlite3.Connection, rules: SessionRules, now: float, batch: int
+) -> list[tuple[int, int]]:
+    """End up to ``batch`` idle sessions (each exactly once: the UPDATE only ends a session
+    that is still open, and the scheduling counts only ended, unscheduled sessions)."""
+    rows = conn.execute(
+        "SELECT id, persona_id, last_message_at FROM sessions"
+        " WHERE ended_at IS NULL AND last_message_at < ? LIMIT ?",
+        (now - rules.idle_seconds, batch),
+    ).fetchall()
+    ended = [(int(pid), int(sid)) for sid, pid, last in rows if _end(conn, sid, last, "idle")]
+    for pid in sorted({pid for pid, _ in ended}):
+        _schedule(conn, rules, pid, now)
+    return ended
+
+
+def _end(conn: sqlite3.Connection, session_id: int, at: float, reason: str) -> bool:
+    cur = conn.execute(
+        "UPDATE sessions SET ended_at = ?, end_reason = ? WHERE id = ? AND ended_at IS NULL",
+        (at, reason, session_id),
+    )
+    return (cur.rowcount or 0) > 0
+
+
+def _schedule(conn: sqlite3.Connection, rules: SessionRules, persona_id: int, now: float) -> None:
+    """If k finished sessions wait, queue one optimizer run over them (same transaction)."""
+    waiting = [
+        int(r[0])
+        for r in conn.execute(
+            "SELECT s.id FROM sessions s WHERE s.persona_id = ? AND s.ended_at IS NOT NULL"
+            " AND s.update_id IS NULL AND EXISTS (SELECT 1 FROM messages m"
+            " WHERE m.session_id = s.id AND m.role = 'user') ORDER BY s.id",
+            (persona_id,),
+        ).fetchall()
+    ]
+    if len(waiting) < rules.update_every:
+        return
+    cur = conn.execute(
+        "INSERT INTO persona_updates (persona_id, status, session_ids, created_at)"
+        " VALUES (?, 'pending', ?, ?)",
+        (persona_id, json.dumps(waiting), now),
+    )
+    conn.executemany(
+        "UPDATE sessions SET update_id = ? WHERE id = ?", [(cur.lastrowid, s) for s in waiting]
+    )
+
+
+def transcripts(conn: sqlite3.Connection, session_ids: list[int]) -> list[Transcript]:
+    out = []
+    for sid in session_ids:
+        row = conn.execute(
+            "SELECT started_at, platform FROM sessions WHERE id = ?", (sid,)
+        ).fetchone()
+        if row is None:
+            continue
+        msgs = conn.execute(
+            "SELECT role, content FROM messages WHERE session_id = ?"
+            " AND role IN ('user', 'assistant') ORDER BY id",
+            (sid,),
+        ).fetchall()
+        out.append(Transcript(sid, row[0], row[1], [{"role": r, "content": c} for r, c in msgs]))
+    return out
+
+
+# -- the persona update queue ----------------------------------------------------------------
+
+
+def pending_updates(conn: sqlite3.Connection, persona_id: int | None) -> list[PendingUpdate]:
+    sql = (
+        "SELECT id, persona_id, session_ids, attempts FROM persona_updates WHERE status = 'pending'"
+    )
+    params: tuple[int, ...] = ()
+    if persona_id is not None:
+        sql += " AND persona_id = ?"
+        params = (persona_id,)
+    rows = conn.execute(sql + " ORDER BY id", params).fetchall()
+    return [PendingUpdate(r[0], r[1], json.loads(r[2]), r[3]) for r in rows]
+
+
+def _owner_is_dead(owner: str) -> bool:
+    """A claim made by a process of this host that no longer runs (killed): free to take.
+    Owners are ``host/pid/token``; other hosts' claims are trusted until their lease ends."""
+    host, _, rest = owner.partition("/")
+    pid_text = rest.partition("/")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def claim_update(
+    conn: sqlite3.Connection, update_id: int, owner: str, now: float, lease_seconds: float
+) -> PendingUpdate | None:
+    row = conn.execute(
+        "SELECT persona_id, session_ids, attempts, status, claimed_by, claimed_until"
+        " FROM persona_updates WHERE id = ?",
+        (update_id,),
+    ).fetchone()
+    if row is None or row[3] != "pending":
+        return None
+    holder, until = row[4], row[5]
+    if holder and holder != owner and until is not None and until > now:
+        if not _owner_is_dead(holder):
+            return None
+    conn.execute(
+        "UPDATE persona_updates SET claimed_by = ?, claimed_until = ? WHERE id = ?",
+        (owner, now + lease_seconds, update_id),
+    )
+    return PendingUpdate(update_id, row[0], json.loads(row[1]), row[2])
+
+
+def release_updates(conn: sqlite3.Connection, owner: str) -> None:
+    conn.execute(
+        "UPDATE persona_updates SET claimed_by = NULL, claimed_until = NULL"
+        " WHERE claimed_by = ? AND status = 'pending'",
+        (owner,),
+    )
+
+
+def finish_update(
+    conn: sqlite3.Connection, update_id: int, notes: tuple[str, ...] | list[str], now: float
+) -> None:
+    note = "; ".join(notes)[:2000] or None
+    conn.execute(
+        "UPDATE persona_updates SET status = 'done', attempts = attempts + 1, error = ?,"
+        " finished_at = ?, claimed_by = NULL, claimed_until = NULL WHERE id = ?",
+        (note, now, update_id),
+    )
+
+
+def fail_update(
+    conn: sqlite3.Connection, update_id: int, error: str, max_attempts: int, now: float
+) -> bool:
+    row = conn.execute(
+        "SELECT attempts FROM persona_updates WHERE id = ? AND status = 'pending'", (update_id,)
+    ).fetchone()
+    if row is None:
+        return True  # finished, failed or deleted meanwhile: nothing left to retry
+    attempts = int(row[0]) + 1
+    final = attempts >= max_attempts
+    conn.execute(
+        "UPDATE persona_updates SET attempts = ?, status = ?, error = ?, finished_at = ?,"
+        " claimed_by = NULL, claimed_until = NULL WHERE id = ?",
+        (
+            attempts,
+            "failed" if final else "pending",
+            error[:2000],
+            now if final else None,
+            update_id,
+        ),
+    )
+    return final
