@@ -11,7 +11,7 @@ from typing import Any
 from aipersona.core import ConfigError, PersonaCore, freeze_startup_objects
 from aipersona.core.cli import add_config_options, load_config
 
-from .registry import Runner, installed_adapters
+from .kit import Runner, installed_adapters
 
 log = logging.getLogger(__name__)
 

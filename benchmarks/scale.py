@@ -168,12 +168,14 @@ async def measure(path: Path, personas: int, samples: int) -> dict[str, float]:
     lat_load, lat_resolve, lat_turn = [], [], []
     for pid in ids:
         t = time.perf_counter()
-        p = await core.store.load(pid)
+        p = await core.storage.load_persona(pid)
         lat_load.append(time.perf_counter() - t)
         assert len(p.values) == 6
     for pid in ids[: samples // 2]:
         t = time.perf_counter()
-        await core.store.find(Identity("telegram", str(pid)))  # not cached yet: one lookup
+        await core.storage.find_persona(
+            Identity("telegram", str(pid))
+        )  # not cached yet: one lookup
         lat_resolve.append(time.perf_counter() - t)
     for pid in ids[: min(2000, samples)]:
         t = time.perf_counter()
@@ -219,7 +221,7 @@ async def sweep_backlog(path: Path, personas: int, batches: int) -> str:
     t0 = time.perf_counter()
     for _ in range(batches):
         t = time.perf_counter()
-        ended = await core.sessions.sweep_idle(now, more=False)
+        ended = await core.storage.sweep_idle(now, batch=100)
         batch_s.append(time.perf_counter() - t)
         swept += len(ended)
     wall = time.perf_counter() - t0

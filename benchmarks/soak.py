@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -87,7 +88,8 @@ async def soak(args: argparse.Namespace, base_url: str, tmp: str) -> None:
         wall = time.perf_counter() - t0
         sampling.cancel()
         samples.append((wall, done, rss_mb()))
-        leftovers = (len(core.locks), len(core._update_tasks), len(core.store._ids))
+        storage: Any = core.storage  # the SQLite backend's identity cache
+        leftovers = (len(core.locks), len(core.learning._tasks), len(storage._ids))
     if llm is not None:
         await llm.close()
     size, integrity, updates, stored = inspect_db(db_path)

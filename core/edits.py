@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from .errors import FieldValidationError
@@ -51,7 +52,7 @@ class Change:
     new_value: Any  # None when the field was deleted
     evidence: str = ""
     source: str = ""
-    session_ids: list[int] = field(default_factory=list)
+    session_ids: list[int] = dataclasses.field(default_factory=list)
     version: int = 0
 
     def as_dict(self) -> dict[str, Any]:

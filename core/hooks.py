@@ -138,10 +138,24 @@ def _check_no_wrappers(pm: pluggy.PluginManager, plugin: object) -> None:
                 )
 
 
+def _default_name(pm: pluggy.PluginManager, plugin: object) -> str:
+    """A module's dotted name; for an object, its class's (``pkg.mod.ClassName``), numbered
+    when several objects of one class are registered, so logs and settings can name it."""
+    base = getattr(plugin, "__name__", None)
+    if not isinstance(base, str):
+        cls = type(plugin)
+        base = f"{cls.__module__}.{cls.__qualname__.replace('<locals>.', '')}"
+    name, n = base, 1
+    while pm.has_plugin(name) or pm.is_blocked(name):
+        n += 1
+        name = f"{base}#{n}"
+    return name
+
+
 def register_plugin(pm: pluggy.PluginManager, plugin: object, name: str | None = None) -> None:
     """Register one plugin, refusing hook wrappers (PluginError)."""
     try:
-        pm.register(plugin, name=name)
+        pm.register(plugin, name=name or _default_name(pm, plugin))
     except (ValueError, pluggy.PluginValidationError) as exc:
         raise PluginError(f"cannot register plugin {name or plugin!r}: {exc}") from None
     _check_no_wrappers(pm, plugin)
@@ -189,7 +203,7 @@ def plugin_name(pm: pluggy.PluginManager, plugin: object) -> str:
 
 def short_name(name: str) -> str:
     """``aipersona.plugins.audit_log`` -> ``audit_log`` (the ``[plugins.<name>]`` key)."""
-    return name.rsplit(".", 1)[-1]
+    return name.split("#", 1)[0].rsplit(".", 1)[-1]
 
 
 @dataclass(frozen=True)
@@ -212,6 +226,10 @@ class Hooks:
 
     def __init__(self, pm: pluggy.PluginManager) -> None:
         self.pm = pm
+
+    def has(self, hook: str) -> bool:
+        """Whether any plugin implements ``hook`` (lets hot paths skip building arguments)."""
+        return bool(getattr(self.pm.hook, hook).get_hookimpls())
 
     def implementations(self, hook: str) -> list[pluggy.HookImpl]:
         """The hook's implementations in pluggy's call order."""

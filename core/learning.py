@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -95,7 +96,7 @@ class LearningLoop:
             return
         task = asyncio.create_task(self._run(persona_id), name=f"persona-update-{persona_id}")
         self._tasks[persona_id] = task
-        task.add_done_callback(lambda t, pid=persona_id: self._done(pid, t))
+        task.add_done_callback(functools.partial(self._done, persona_id))
 
     def cancel(self, persona_id: int) -> None:
         task = self._tasks.get(persona_id)

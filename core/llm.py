@@ -299,7 +299,7 @@ class LLMClient:
         mode is remembered for the rest of the process.
         """
         if self.settings.structured_output != "auto":
-            modes = [self.settings.structured_output]
+            modes: list[str] = [self.settings.structured_output]
         else:
             modes = ["json_schema", "json_object", "text"]
             if self._json_mode is not None:

@@ -96,15 +96,20 @@ class TurnRunner:
     ) -> Reply:
         """Hooks, prompt, model call, reply stored. The caller holds the persona lock."""
         context = self.editor.context(start.persona_id, identity, chat_id, start.session_id)
-        await self.learning.sessions_ended(context, start.ended_sessions, "idle")
-        await self.hooks.notify("aipersona_message_received", context=context, text=text)
-        sections = [
-            section
-            for _, section in await self.hooks.collect(
-                "aipersona_build_prompt", persona=start.persona, context=context
-            )
-            if isinstance(section, str)
-        ]
+        if start.ended_sessions:  # the previous session went idle: it ends now
+            await self.learning.sessions_ended(context, start.ended_sessions, "idle")
+        hooks = self.hooks
+        if hooks.has("aipersona_message_received"):
+            await hooks.notify("aipersona_message_received", context=context, text=text)
+        sections: list[str] = []
+        if hooks.has("aipersona_build_prompt"):
+            sections = [
+                section
+                for _, section in await hooks.collect(
+                    "aipersona_build_prompt", persona=start.persona, context=context
+                )
+                if isinstance(section, str)
+            ]
         messages = self.chatbot.messages(
             self.chat.system_prompt, start.persona, sections, start.history, text
         )

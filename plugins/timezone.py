@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from aipersona.core import FieldSpec, Persona, Tool, ToolContext, hookimpl
+from aipersona.core import Edit, FieldSpec, Persona, Tool, ToolContext, hookimpl
 
 TIMEZONE_FIELD = "Locale.Timezone"
 
@@ -77,7 +77,7 @@ def aipersona_tools() -> list[Tool]:
 
 
 @hookimpl
-def aipersona_before_persona_update(updates: list[Any]) -> None:
+def aipersona_before_persona_update(updates: list[Edit]) -> None:
     """Drop time zone edits that are not real IANA zones (the rest of the update stays)."""
     zones = available_timezones()
     updates[:] = [

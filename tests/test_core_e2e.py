@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 from pathlib import Path
 
 from aipersona.core import Edit, Identity, PersonaCore
@@ -78,9 +77,8 @@ async def test_three_sessions_one_update_then_prompt_carries_it(
     assert '"Career_Information":"nurse"' in system
     assert "climbing" in system
 
-    with sqlite3.connect(db_path) as conn:
-        status = conn.execute("SELECT status FROM persona_updates").fetchall()
-    assert status == [("done",)]
+    data = await core.export(ALICE)
+    assert data is not None and [u["status"] for u in data["persona_updates"]] == ["done"]
 
 
 async def test_history_is_bounded_and_in_order(fake_llm: FakeOpenAI, db_path: Path) -> None:
@@ -101,9 +99,10 @@ async def test_malformed_optimizer_json_changes_nothing_and_retries(
     await core.wait_for_updates()
     persona = await core.persona(ALICE)
     assert persona is not None and persona.values == {}
-    with sqlite3.connect(db_path) as conn:
-        row = conn.execute("SELECT status, attempts, error FROM persona_updates").fetchone()
-    assert row[0] == "pending" and row[1] == 1 and "JSON" in row[2]
+    data = await core.export(ALICE)
+    assert data is not None
+    [row] = data["persona_updates"]
+    assert row["status"] == "pending" and row["attempts"] == 1 and "JSON" in row["error"]
 
 
 async def test_unknown_fields_and_bad_types_are_rejected_with_reasons(
@@ -137,8 +136,10 @@ async def test_unknown_fields_and_bad_types_are_rejected_with_reasons(
     await core.wait_for_updates()
     persona = await core.persona(ALICE)
     assert persona is not None and persona.values == {"Demographics.Age": 31}
-    with sqlite3.connect(db_path) as conn:
-        status, error = conn.execute("SELECT status, error FROM persona_updates").fetchone()
+    data = await core.export(ALICE)
+    assert data is not None
+    [update] = data["persona_updates"]
+    status, error = update["status"], update["notes"]
     assert status == "done"
     assert "unknown persona field 'Demographics.Salary'" in error
     assert "must be an integer" in error
@@ -309,18 +310,7 @@ async def test_restart_with_pending_update_runs_it(fake_llm: FakeOpenAI, db_path
         assert persona is not None and persona.values == {}
     fake_llm.push(
         "json",
-        Json(
-            {
-                "updates": [
-                    {
-                        "field": "Demographics.Name",
-                        "op": "set",
-                        "value": "Alice",
-                        "evidence": "I'm Alice",
-                    }
-                ]
-            }
-        ),
+        updates(("Demographics.Name", "set", "Alice", "I'm Alice")),
     )
     async with PersonaCore(cfg) as core:
         await core.wait_for_updates()

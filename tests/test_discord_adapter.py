@@ -1,5 +1,9 @@
 """The Discord adapter end to end: real discord.py against the loopback FakeDiscord, the real
-PersonaCore on a temporary SQLite database, and the FakeOpenAI model server."""
+PersonaCore on a temporary SQLite database, and the FakeOpenAI model server.
+
+What every platform does alike (chat, commands, the gate, splitting, streaming) is the
+adapter contract (tests/contract); here is what is Discord's own: slash and prefix forms,
+ephemeral answers and DMs, mentions, replies and threads, embedding, sharding, reconnects."""
 
 from __future__ import annotations
 
@@ -7,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,6 @@ import discord
 import pytest
 from discord.ext import commands
 
-from aipersona.adapters.common import ONLY_TEXT, rate_limited_text, split_message
 from aipersona.adapters.discord import (
     EXPORT_FILENAME,
     DiscordSettings,
@@ -24,6 +26,7 @@ from aipersona.adapters.discord import (
     build_bot,
     run_discord,
 )
+from aipersona.adapters.kit import COMMANDS, split_message, texts
 from aipersona.core import ConfigError, Edit, Identity, PersonaCore
 from tests.conftest import make_config
 from tests.fakes.discord import (
@@ -37,14 +40,7 @@ from tests.fakes.discord import (
     patched_discord,
     running_bot,
 )
-from tests.fakes.openai_server import (
-    CutStream,
-    Error,
-    FakeOpenAI,
-    last_user_text,
-    system_text,
-    updates,
-)
+from tests.fakes.openai_server import FakeOpenAI, last_user_text
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -104,13 +100,6 @@ async def command(fake: FakeDiscord, name: str, user: int, **kwargs: Any) -> Int
     return (await fake.wait_for(answered))[-1]
 
 
-def count_rows(db_path: Path, table: str, persona_id: int) -> int:
-    with sqlite3.connect(db_path) as conn:
-        return conn.execute(
-            f"SELECT COUNT(*) FROM {table} WHERE persona_id = ?", (persona_id,)
-        ).fetchone()[0]
-
-
 def fences_balanced(text: str) -> bool:
     return sum(1 for line in text.split("\n") if line.strip().startswith("```")) % 2 == 0
 
@@ -141,57 +130,52 @@ def test_build_bot_intents_and_sharding(core: PersonaCore) -> None:
     assert isinstance(sharded, commands.AutoShardedBot) and sharded.shard_count == 3
 
 
-# ------------------------------------------------------------------ learning a persona
+# ------------------------------------------------------------------ the command table
 
 
-async def test_three_sessions_update_the_persona_and_the_next_prompt(
+async def test_commands_come_from_the_table_in_both_forms(
     core: PersonaCore, fake_llm: FakeOpenAI, fake: FakeDiscord
 ) -> None:
-    fake_llm.push(
-        "json", updates(("Demographics.Career_Information", "set", "nurse", "I am a nurse"))
-    )
     async with persona_bot(core) as bot:
-        assert {c["name"] for c in fake.synced_commands[None]} == {
-            "persona",
-            "forget",
-            "export",
-            "end",
-            "help",
-        }
-        for i in range(3):
-            sent = await chat(fake, DM_ALICE, ALICE, f"session {i}: I am a nurse")
-            assert sent[-1].content == f"echo: session {i}: I am a nurse"
-            assert sent[-1].reference_message_id is None  # plain messages in DMs
-            if i < 2:
-                ended = await command(fake, "end", ALICE)
-                assert ended.ephemeral and "Conversation ended" in (ended.content or "")
-            else:
-                sent = await chat(fake, DM_ALICE, ALICE, "!end")
-                assert "Conversation ended" in sent[-1].content
-        await core.wait_for_updates()
-        assert len(fake_llm.json_requests()) == 1
-        persona = await core.persona(ident(ALICE))
-        assert persona is not None
-        assert persona.values["Demographics.Career_Information"] == "nurse"
+        synced = {c["name"]: c for c in fake.synced_commands[None]}
+        assert list(synced) == [spec.name for spec in COMMANDS]
+        assert {c.name for c in bot.commands} == {spec.name for spec in COMMANDS}
+        assert synced["forget"]["options"][0]["name"] == "field"
+        assert synced["forget"]["options"][0]["autocomplete"] is True
+        for spec in COMMANDS:
+            assert synced[spec.name]["description"] == spec.description
 
-        await chat(fake, DM_ALICE, ALICE, "what should I do this weekend?")
-        assert '"Career_Information":"nurse"' in system_text(fake_llm.chat_requests()[-1])
+        sent = await chat(fake, DM_ALICE, ALICE, "hello in a DM")
+        assert sent[-1].content == "echo: hello in a DM"
+        assert sent[-1].reference_message_id is None  # plain messages in DMs
         assert DM_ALICE in fake.typing_calls
-        assert bot.user is not None and bot.user.id == BOT
+        ended = await command(fake, "end", ALICE)  # the slash form: ephemeral
+        assert ended.ephemeral and ended.content == texts.SESSION_ENDED
+        await chat(fake, DM_ALICE, ALICE, "and again")
+        sent = await chat(fake, DM_ALICE, ALICE, "!end")  # the prefix form
+        assert sent[-1].content == texts.SESSION_ENDED
     exported = await core.export(ident(ALICE))
     assert exported is not None
-    assert exported["identities"][0]["user_id"] == str(ALICE)
-    assert exported["identities"][0]["display_name"] == "alice"
-    assert {s["chat_id"] for s in exported["sessions"]} == {str(DM_ALICE)}
+    assert exported["identities"][0]["display_name"] == "alice"  # stored beside the id
+    assert [s["end_reason"] for s in exported["sessions"]] == ["explicit", "explicit"]
 
 
-async def test_two_users_in_one_channel_get_their_own_persona(
+async def test_forget_suggests_the_field_names(core: PersonaCore, fake: FakeDiscord) -> None:
+    async with persona_bot(core) as bot:
+        forget = bot.get_command("forget")
+        assert isinstance(forget, commands.HybridCommand) and forget.app_command is not None
+        cog = bot.get_cog("Persona")
+        # discord.py keeps it with the parameter (named "arg" in the code, "field" on Discord)
+        complete = forget.app_command._params["arg"].autocomplete
+        assert complete is not None
+        choices = await complete(cog, None, "demographics.a")
+    assert [c.value for c in choices] == ["Demographics.Age"]
+
+
+async def test_replies_quote_in_guilds_and_a_reply_to_the_bot_addresses_it(
     core: PersonaCore, fake_llm: FakeOpenAI, fake: FakeDiscord
 ) -> None:
-    await core.edit_persona(ident(ALICE), [NURSE])
-    await core.edit_persona(ident(BOB), [PILOT])
     async with persona_bot(core):
-        await fake.send_message(CHANNEL, ALICE, "nobody mentioned the bot here")
         a = await chat(fake, CHANNEL, ALICE, f"{MENTION} hi, alice here", mentions_bot=True)
         b = await chat(fake, CHANNEL, BOB, f"hey {MENTION} bob here", mentions_bot=True)
         # a reply to one of the bot's messages is a trigger too, without a mention
@@ -206,16 +190,11 @@ async def test_two_users_in_one_channel_get_their_own_persona(
         "echo: and again",
     ]
     assert all(m.reference_message_id is not None for m in c)
-    requests = fake_llm.chat_requests()
-    assert len(requests) == 4
-    for request in requests:
-        system, user = system_text(request), last_user_text(request)
-        if "bob" not in user:
-            assert "nurse" in system and "pilot" not in system
-        else:
-            assert "pilot" in system and "nurse" not in system
-    alice, bob = await core.persona(ident(ALICE)), await core.persona(ident(BOB))
-    assert alice is not None and bob is not None and alice.id != bob.id
+    assert [last_user_text(r) for r in fake_llm.chat_requests()][:3] == [
+        "hi, alice here",
+        "hey bob here",
+        "and again",
+    ]
 
 
 async def test_reply_channels_bots_and_allowlists(core: PersonaCore, fake_llm: FakeOpenAI) -> None:
@@ -277,13 +256,13 @@ async def test_attachment_or_sticker_only_gets_exactly_one_notice(
 ) -> None:
     async with persona_bot(core):
         sent = await chat(fake, DM_ALICE, ALICE, "", attachments=[("voice-message.ogg", b"OggS")])
-        assert [m.content for m in sent] == [ONLY_TEXT]
+        assert [m.content for m in sent] == [texts.ONLY_TEXT]
         sent = await chat(fake, DM_ALICE, ALICE, "", attachments=[(f"{i}.png", PNG) for i in "abc"])
-        assert [m.content for m in sent] == [ONLY_TEXT] * 2  # one per message, not per file
+        assert [m.content for m in sent] == [texts.ONLY_TEXT] * 2  # one per message, not per file
         sent = await chat(fake, DM_ALICE, ALICE, "", stickers=["wave"])
-        assert [m.content for m in sent] == [ONLY_TEXT] * 3
+        assert [m.content for m in sent] == [texts.ONLY_TEXT] * 3
         await chat(fake, DM_ALICE, ALICE, "a barrier: earlier events are handled")
-    assert [m.content for m in fake.sent_messages(DM_ALICE)] == [ONLY_TEXT] * 3 + [
+    assert [m.content for m in fake.sent_messages(DM_ALICE)] == [texts.ONLY_TEXT] * 3 + [
         "echo: a barrier: earlier events are handled"
     ]
     assert all(m.reference_message_id is None for m in fake.sent_messages(DM_ALICE))
@@ -304,30 +283,23 @@ async def test_guild_media_gets_a_notice_only_when_addressed_to_the_bot(
                 sent = await chat(
                     fd, CHANNEL, BOB, "", stickers=["wave"], reference_message_id=asked[0].id
                 )
-                assert sent[-1].content == ONLY_TEXT and sent[-1].reference_message_id
+                assert sent[-1].content == texts.ONLY_TEXT and sent[-1].reference_message_id
                 sent = await chat(
                     fd, CHANNEL, ALICE, MENTION, mentions_bot=True, attachments=[("x.png", PNG)]
                 )
-                assert sent[-1].content == ONLY_TEXT
+                assert sent[-1].content == texts.ONLY_TEXT
                 sent = await chat(fd, 5002, BOB, "", attachments=[("y.png", PNG)])
-                assert [m.content for m in sent] == [ONLY_TEXT]
+                assert [m.content for m in sent] == [texts.ONLY_TEXT]
                 await chat(fd, DM_ALICE, ALICE, "a barrier: earlier events are handled")
-    assert [m.content for m in fd.sent_messages(CHANNEL)] == ["echo: hi", ONLY_TEXT, ONLY_TEXT]
+    assert [m.content for m in fd.sent_messages(CHANNEL)] == [
+        "echo: hi",
+        texts.ONLY_TEXT,
+        texts.ONLY_TEXT,
+    ]
     assert [last_user_text(r) for r in fake_llm.chat_requests()] == [
         "hi",
         "a barrier: earlier events are handled",
     ]
-
-
-async def test_media_notices_count_towards_the_rate_limit(
-    core: PersonaCore, fake_llm: FakeOpenAI, fake: FakeDiscord
-) -> None:
-    async with persona_bot(core, rate_limit_per_minute=1):
-        sent = await chat(fake, DM_ALICE, ALICE, "", stickers=["wave"])
-        assert sent[-1].content == ONLY_TEXT
-        sent = await chat(fake, DM_ALICE, ALICE, "", stickers=["wave"])
-        assert sent[-1].content in (rate_limited_text(60), rate_limited_text(59))
-    assert len(fake.sent_messages(DM_ALICE)) == 2
 
 
 # ------------------------------------------------------------------ persona commands
@@ -339,15 +311,19 @@ async def test_slash_persona_is_ephemeral_and_prefix_persona_goes_to_dm(
     await core.edit_persona(ident(ALICE), [NURSE])
     async with persona_bot(core):
         answer = await command(fake, "persona", ALICE, guild_id=GUILD)
-        assert answer.kind == "callback" and answer.flags == 64
+        assert answer.ephemeral
         assert "Demographics.Career_Information: nurse" in (answer.content or "")
+        assert fake.sent_messages(CHANNEL) == []
 
-        await fake.send_message(CHANNEL, ALICE, "!persona")
+        asked = await fake.send_message(CHANNEL, ALICE, "!persona")
         dm = await fake.wait_for(lambda: fake.dm_channels.get(ALICE))
         sent = await fake.wait_for(lambda: fake.sent_messages(int(dm["id"])))
         assert "nurse" in sent[0].content
+        said = await fake.wait_for(lambda: fake.sent_messages(CHANNEL))
+        assert said[0].content == texts.SENT_PRIVATELY
+        assert said[0].reference_message_id == int(asked["id"])
 
-        # DMs closed: a notice in the channel, without the persona
+        # DMs closed: a notice in the channel (pinging the user), without the persona
         fake.fail_next(
             "POST",
             rf"/channels/{dm['id']}/messages$",
@@ -355,49 +331,19 @@ async def test_slash_persona_is_ephemeral_and_prefix_persona_goes_to_dm(
             body={"message": "Cannot send messages to this user", "code": 50007},
         )
         await fake.send_message(CHANNEL, ALICE, "!persona")
-        notice = await fake.wait_for(lambda: fake.sent_messages(CHANNEL))
-        assert "couldn't send you a DM" in notice[0].content
-        assert "nurse" not in notice[0].content
+        notices = await fake.wait_for(lambda: fake.sent_messages(CHANNEL)[1:])
+        assert notices[0].content == texts.dm_closed(f"<@{ALICE}>", "persona")
+        pinged = notices[0].payload["allowed_mentions"]["users"]
+        assert [str(u) for u in pinged] == [str(ALICE)]
 
         help_ = await command(fake, "help", BOB, guild_id=GUILD)
-        assert help_.ephemeral and "!forget all" in (help_.content or "")
-    assert len(fake.sent_messages(CHANNEL)) == 1
+        assert help_.ephemeral and "/forget FIELD or !forget FIELD" in (help_.content or "")
+        # a prefix command that shows no persona data is answered in the channel
+        await fake.send_message(CHANNEL, BOB, "!help")
+        helped = await fake.wait_for(lambda: fake.sent_messages(CHANNEL)[2:])
+        assert helped[0].content.startswith(texts.INTRO)
+    assert not any("nurse" in m.content for m in fake.sent_messages(CHANNEL))
     assert fake.errors == []
-
-
-async def test_forget_field_and_forget_all_really_delete(
-    core: PersonaCore, fake: FakeDiscord, db_path: Path
-) -> None:
-    await core.edit_persona(ident(ALICE), [NURSE, Edit("Demographics.Age", "set", 31)])
-    await core.edit_persona(ident(BOB), [PILOT])
-    async with persona_bot(core):
-        await chat(fake, CHANNEL, ALICE, f"{MENTION} remember me", mentions_bot=True)
-        await chat(fake, DM_ALICE, ALICE, "and in private")
-        await chat(fake, CHANNEL, BOB, f"{MENTION} I'm bob", mentions_bot=True)
-        alice_id = await core.storage.find_persona(ident(ALICE))
-        assert alice_id is not None and count_rows(db_path, "messages", alice_id) == 4
-
-        one = await command(
-            fake, "forget", ALICE, guild_id=GUILD, options={"field": "Demographics.Age"}
-        )
-        assert one.ephemeral and one.content == "Forgot Demographics.Age."
-        bad = await command(fake, "forget", ALICE, guild_id=GUILD, options={"field": "Foo.Bar"})
-        assert "unknown persona field" in (bad.content or "")
-        persona = await core.persona(ident(ALICE))
-        assert persona is not None and "Demographics.Age" not in persona.values
-
-        done = await command(fake, "forget", ALICE, guild_id=GUILD, options={"field": "all"})
-        assert done.ephemeral and "deleted everything" in (done.content or "")
-    for table in ("persona_fields", "persona_versions", "sessions", "messages", "persona_updates"):
-        assert count_rows(db_path, table, alice_id) == 0, table
-    with sqlite3.connect(db_path) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM personas WHERE id = ?", (alice_id,)).fetchone()
-        assert conn.execute(
-            "SELECT COUNT(*) FROM identities WHERE platform_user_id = ?", (str(ALICE),)
-        ).fetchone() == (0,)
-    assert await core.persona(ident(ALICE)) is None
-    bob = await core.persona(ident(BOB))
-    assert bob is not None and bob.values["Demographics.Career_Information"] == "airline pilot"
 
 
 async def test_export_is_an_ephemeral_json_file(core: PersonaCore, fake: FakeDiscord) -> None:
@@ -414,11 +360,42 @@ async def test_export_is_an_ephemeral_json_file(core: PersonaCore, fake: FakeDis
         assert data["persona"]["Demographics"]["Career_Information"] == "nurse"
         assert "my export should hold this" in [m["content"] for m in data["messages"]]
 
-        # the prefix form sends the file by DM, nothing in the guild channel
+        # the prefix form sends the file by DM; the guild channel only hears where it went
         await fake.send_message(CHANNEL, ALICE, "!export")
         sent = await fake.wait_for(lambda: [m for m in fake.sent_messages(DM_ALICE) if m.files])
         assert sent[0].files[0].filename == EXPORT_FILENAME
-        assert fake.sent_messages(CHANNEL) == []
+        said = await fake.wait_for(lambda: fake.sent_messages(CHANNEL))
+    assert [(m.content, m.files) for m in said] == [(texts.SENT_PRIVATELY, [])]
+
+
+async def test_slash_commands_are_always_answered_even_when_rate_limited(
+    core: PersonaCore, fake: FakeDiscord
+) -> None:
+    async with persona_bot(core, rate_limit_per_minute=1):
+        first = await command(fake, "persona", ALICE)
+        assert first.content == texts.PERSONA_EMPTY
+        for _ in range(2):  # a slash command must be answered: the notice is repeated
+            limited = await command(fake, "persona", ALICE)
+            assert limited.ephemeral
+            assert limited.content in (texts.rate_limited(60), texts.rate_limited(59))
+        forgot = await command(fake, "forget", ALICE, options={"field": "all"})
+        assert forgot.content == texts.forgot_all(False)  # never rate limited
+
+
+async def test_allow_dms_and_allowed_guilds(core: PersonaCore, fake_llm: FakeOpenAI) -> None:
+    guild = FakeGuild(id=SHARD1_GUILD, channels=[FakeChannel(SHARD1_CHANNEL, "lobby")])
+    async with FakeDiscord(guilds=[FakeGuild(), guild]) as fd:
+        with patched_discord(fd):
+            async with persona_bot(core, allow_dms=False, allowed_guilds=[str(GUILD)]):
+                await fd.send_message(DM_ALICE, ALICE, "a DM")
+                await fd.send_message(SHARD1_CHANNEL, ALICE, f"{MENTION} hi", mentions_bot=True)
+                await fd.send_interaction("persona", ALICE, channel_id=DM_ALICE)
+                sent = await chat(fd, CHANNEL, ALICE, f"{MENTION} allowed", mentions_bot=True)
+                await asyncio.sleep(0.3)
+    assert [m.content for m in sent] == ["echo: allowed"]
+    assert fd.sent_messages(DM_ALICE) == fd.sent_messages(SHARD1_CHANNEL) == []
+    assert [r for r in fd.interaction_responses if r.content] == []
+    assert [last_user_text(r) for r in fake_llm.chat_requests()] == ["allowed"]
 
 
 # ------------------------------------------------------------------ replies
@@ -445,68 +422,6 @@ async def test_long_reply_is_split_with_balanced_code_fences(
     joined = "\n".join(m.content for m in sent)
     assert all(f"value_{i} = compute({i}) * 2" in joined for i in range(140))
     assert [m.content for m in sent] == expected
-
-
-async def test_streaming_edits_end_with_the_final_chunks(
-    core: PersonaCore, fake_llm: FakeOpenAI, fake: FakeDiscord
-) -> None:
-    reply = "\n\n".join(f"Paragraph {i}: " + "words and more words " * 12 for i in range(18))
-    assert 4000 < len(reply) < 6000
-    fake_llm.push("chat", reply)
-    async with persona_bot(core, stream_edits=True, stream_edit_interval=0.02):
-        await chat(fake, DM_ALICE, ALICE, "stream please")
-        expected = split_message(reply, 2000)
-        await fake.wait_for(
-            lambda: [m.content for m in fake.sent_messages(DM_ALICE)] == expected, timeout=10
-        )
-        sent = fake.sent_messages(DM_ALICE)
-    assert fake_llm.chat_requests()[-1]["stream"] is True
-    assert len(sent) == len(expected) >= 3
-    assert sent[0].edits, "the first message grew by edits"
-    assert all(len(edit["content"]) <= 2000 for m in sent for edit in m.edits)
-
-
-async def test_streaming_failure_keeps_the_partial_text_and_apologizes(
-    core: PersonaCore, fake_llm: FakeOpenAI, fake: FakeDiscord, db_path: Path
-) -> None:
-    fake_llm.push("chat", CutStream("The first half of an answer"))
-    async with persona_bot(core, stream_edits=True, stream_edit_interval=0.01):
-        await chat(fake, DM_ALICE, ALICE, "tell me everything")
-        final = f"The first half of an answer\n\n{core.config.chat.apology}"
-        await fake.wait_for(lambda: fake.sent_messages(DM_ALICE)[-1].content == final)
-    with sqlite3.connect(db_path) as conn:
-        rows = conn.execute("SELECT role, content FROM messages").fetchall()
-    assert rows == [("user", "tell me everything")]
-
-
-async def test_rate_limit_and_too_long_messages(
-    core: PersonaCore, fake_llm: FakeOpenAI, fake: FakeDiscord
-) -> None:
-    async with persona_bot(core, rate_limit_per_minute=2, max_input_chars=100):
-        await chat(fake, DM_ALICE, ALICE, "one")
-        await chat(fake, DM_ALICE, ALICE, "two")
-        sent = await chat(fake, DM_ALICE, ALICE, "three")
-        assert sent[-1].content in (rate_limited_text(60), rate_limited_text(59))
-        await fake.send_message(DM_ALICE, ALICE, "four")  # no second notice
-        # bob has his own budget; his reply also shows "four" was handled by then
-        too_long = await chat(fake, CHANNEL, BOB, f"{MENTION} " + "x" * 150, mentions_bot=True)
-        assert "too long (150 characters; the limit is 100)" in too_long[0].content
-    assert len(fake.sent_messages(DM_ALICE)) == 3
-    assert [last_user_text(r) for r in fake_llm.chat_requests()] == ["one", "two"]
-
-
-async def test_llm_failure_apologizes_and_keeps_the_message(
-    core: PersonaCore, fake_llm: FakeOpenAI, fake: FakeDiscord, db_path: Path
-) -> None:
-    fake_llm.push("chat", Error(500))
-    async with persona_bot(core):
-        sent = await chat(fake, CHANNEL, ALICE, f"{MENTION} are you there?", mentions_bot=True)
-        assert sent[0].content == core.config.chat.apology
-        sent = await chat(fake, CHANNEL, ALICE, f"{MENTION} again?", mentions_bot=True)
-        assert sent[-1].content == "echo: again?"
-    with sqlite3.connect(db_path) as conn:
-        rows = conn.execute("SELECT role, content FROM messages ORDER BY id").fetchall()
-    assert rows == [("user", "are you there?"), ("user", "again?"), ("assistant", "echo: again?")]
 
 
 async def test_send_errors_are_logged_without_the_token(

@@ -1,4 +1,4 @@
-"""split_message: limits, boundaries and code fences (shared by both adapters)."""
+"""The kit's split_message (limits, boundaries, code fences) and rate limiter."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aipersona.adapters.common import RateLimiter, split_message
+from aipersona.adapters.kit import RateLimiter, split_message
 
 
 @pytest.mark.parametrize("limit", [100, 2000, 4096])

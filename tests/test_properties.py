@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -240,7 +239,7 @@ async def test_unicode_and_json_through_the_real_http_client(
         for text in texts:
             reply = await core.respond(Identity("cli", "u"), "c", text)
             assert reply.ok and reply.text == f"echo: {clean_text(text)}"
-    with sqlite3.connect(db_path) as conn:
-        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        users = [r[0] for r in conn.execute("SELECT content FROM messages WHERE role = 'user'")]
+        data = await core.export(Identity("cli", "u"))
+    assert data is not None
+    users = [m["content"] for m in data["messages"] if m["role"] == "user"]
     assert users == [clean_text(t) for t in texts]

@@ -14,9 +14,9 @@ application in the Discord developer portal (Bot → Privileged Gateway Intents)
 
 from __future__ import annotations
 
-from ..registry import AdapterSpec
+from ..kit import AdapterSpec
 from .bot import bot_intents, build_bot, run_discord, sync_app_commands
-from .cog import EXPORT_FILENAME, PersonaCog, help_text, identity_of
+from .cog import EXPORT_FILENAME, PersonaCog, identity_of
 from .settings import DiscordSettings
 
 __all__ = [
@@ -26,7 +26,6 @@ __all__ = [
     "PersonaCog",
     "bot_intents",
     "build_bot",
-    "help_text",
     "identity_of",
     "run_discord",
     "sync_app_commands",

@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 _CLOSE_TIMEOUT = 10.0
 
+AnyBot = commands.Bot | commands.AutoShardedBot
+
 
 def bot_intents() -> discord.Intents:
     """Default intents plus message content, DMs and guild messages."""
@@ -33,7 +35,7 @@ def bot_intents() -> discord.Intents:
     return intents
 
 
-async def sync_app_commands(bot: commands.Bot, settings: DiscordSettings) -> None:
+async def sync_app_commands(bot: AnyBot, settings: DiscordSettings) -> None:
     """Register the slash commands: globally, or per guild in ``guild_ids`` (instant)."""
     try:
         if not settings.guild_ids:
@@ -83,7 +85,7 @@ async def _on_command_error(ctx: commands.Context[Any], error: commands.CommandE
 
 def build_bot(
     core: PersonaCore, settings: DiscordSettings | None = None, **bot_options: Any
-) -> commands.Bot:
+) -> PersonaBot | ShardedPersonaBot:
     """A bot ready to ``login``/``connect``; ``bot_options`` go to the discord.py constructor.
 
     ``settings`` defaults to the ``[discord]`` section of ``core.config``. With
@@ -97,15 +99,15 @@ def build_bot(
         "help_command": None,  # the cog's help command replaces it
         "allowed_mentions": discord.AllowedMentions.none(),
     }
-    cls: type[commands.Bot] = PersonaBot
+    cls: type[PersonaBot] | type[ShardedPersonaBot] = PersonaBot
     if settings.sharded:
         cls = ShardedPersonaBot
         if settings.shard_count:
             options["shard_count"] = settings.shard_count
     options.update(bot_options)
     bot = cls(**options)
-    bot.persona_core = core  # type: ignore[attr-defined]
-    bot.persona_settings = settings  # type: ignore[attr-defined]
+    bot.persona_core = core
+    bot.persona_settings = settings
     return bot
 
 
@@ -161,7 +163,7 @@ def _raise_connect_error(connect: asyncio.Task[None], settings: DiscordSettings)
         raise exc
 
 
-async def _close(bot: commands.Bot, connect: asyncio.Task[None] | None) -> None:
+async def _close(bot: AnyBot, connect: asyncio.Task[None] | None) -> None:
     try:
         await bot.close()
     except Exception as exc:

@@ -8,7 +8,7 @@ from pydantic import Field, field_validator
 
 from aipersona.core import Config
 
-from ..common import AdapterSettings, ids_as_strings
+from ..kit import AdapterSettings, ids_as_strings
 
 _GUILD_LISTS = ("guild_ids", "allowed_guilds")
 

@@ -13,11 +13,11 @@ Embedded in an existing Application::
 Flood control for a host Application: ``builder.rate_limiter(FloodLimiter(settings))``.
 """
 
-from ..registry import AdapterSpec
+from ..kit import AdapterSpec
 from .bot import build_application, run_telegram
 from .flood import FloodLimiter
 from .format import html_chunks, markdown_to_html
-from .handlers import DEFAULT_GROUP, PersonaHandlers, register_persona_handlers
+from .handlers import DEFAULT_GROUP, PersonaHandlers, identity_of, register_persona_handlers
 from .menu import PERSONA_COMMANDS, setup_commands
 from .settings import TelegramSettings
 
@@ -30,6 +30,7 @@ __all__ = [
     "TelegramSettings",
     "build_application",
     "html_chunks",
+    "identity_of",
     "markdown_to_html",
     "register_persona_handlers",
     "run_telegram",

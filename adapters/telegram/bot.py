@@ -70,9 +70,11 @@ def build_application(core: PersonaCore, settings: TelegramSettings | None = Non
     if urls is not None:
         builder = builder.base_url(urls[0]).base_file_url(urls[1])
     limiter = flood_limiter(settings)
-    if limiter is not None:
-        builder = builder.rate_limiter(limiter)
-    application = builder.build()
+    application: Application
+    if limiter is not None:  # the limiter's type parameter changes the builder's type
+        application = builder.rate_limiter(limiter).build()
+    else:
+        application = builder.build()
     register_persona_handlers(application, core, settings, group=0)
     application.add_error_handler(log_errors)
     return application

@@ -12,11 +12,11 @@ import html
 import re
 from collections.abc import Callable
 
-from aipersona.adapters.common import split_message
+from aipersona.adapters.kit import split_message
 
 TELEGRAM_LIMIT = 4096
 
-# fences open and close at line starts, as ``common.split_message`` assumes
+# fences open and close at line starts, as the kit's ``split_message`` assumes
 _FENCE = re.compile(
     r"^[ \t]*```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:^[ \t]*```[^\n]*$|\Z)", re.DOTALL | re.MULTILINE
 )

@@ -1,29 +1,19 @@
-"""The persona commands and their place in the bot's command menu."""
+"""The bot's command menu: the kit's command table merged into what the host already lists."""
 
 from __future__ import annotations
 
 import logging
-import re
 
 from telegram import Bot, BotCommand, BotCommandScope
 
-from aipersona.adapters.common import HELP_TEXT
+from aipersona.adapters.kit import COMMANDS
 
 log = logging.getLogger(__name__)
 
-PERSONA_COMMANDS: tuple[tuple[str, str], ...] = (
-    ("persona", "Show what I know about you (sent privately)"),
-    ("forget", "Forget one field (/forget Demographics.Age) or everything (/forget all)"),
-    ("export", "Get all your data as a JSON file (sent privately)"),
-    ("end", "End the current conversation session"),
-    ("help", "How I personalize my answers"),
+PERSONA_COMMANDS: tuple[tuple[str, str], ...] = tuple(
+    (spec.name, spec.description) for spec in COMMANDS
 )
-
-
-def help_text() -> str:
-    """The shared help text with Telegram's slash commands."""
-    text = re.sub(r"^  (persona|forget|export|end|help)\b", r"  /\1", HELP_TEXT, flags=re.M)
-    return text.replace("e.g. forget ", "e.g. /forget ")
+"""``(command, description)`` of every persona command, in menu order."""
 
 
 async def setup_commands(

@@ -1,5 +1,5 @@
-"""Sending to Telegram: formatted chunks with a plain-text fallback, the typing indicator and
-replies streamed by message edits."""
+"""Sending to Telegram: formatted chunks with a plain-text fallback, flood control and the
+typing indicator (streaming by edits is the kit's ``EditStream`` on top of this)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import datetime as dtm
 import logging
-import time
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -78,10 +77,6 @@ class Outbox:
             return html_chunks(markdown, self.limit)
         return plain_chunks(markdown, self.limit)
 
-    async def send_markdown(self, target: Target, markdown: str) -> list[Message]:
-        """A model reply: converted, split, sent; only the first message quotes."""
-        return await self._send_all(target, self.chunks(markdown), formatted=self.html)
-
     async def send_plain(self, target: Target, text: str) -> list[Message]:
         """Our own texts: no parse mode, so nothing can fail to parse."""
         return await self._send_all(target, plain_chunks(text, self.limit), formatted=False)
@@ -124,12 +119,15 @@ class Outbox:
         self, message: Message, text: str, *, formatted: bool, patient: bool = True
     ) -> None:
         """Replace a sent message's text; 'not modified' is not an error."""
-        ids = {"chat_id": message.chat_id, "message_id": message.message_id}
+        chat_id, message_id = message.chat_id, message.message_id
         try:
             try:
                 await self._call(
                     lambda: self.bot.edit_message_text(
-                        text, parse_mode=ParseMode.HTML if formatted else None, **ids
+                        text,
+                        chat_id=chat_id,
+                        message_id=message_id,
+                        parse_mode=ParseMode.HTML if formatted else None,
                     ),
                     patient,
                 )
@@ -138,7 +136,12 @@ class Outbox:
                     raise
                 log.warning("Telegram rejected our HTML (%s); editing as plain text", exc)
                 plain = html_to_plain(text)
-                await self._call(lambda: self.bot.edit_message_text(plain, **ids), patient)
+                await self._call(
+                    lambda: self.bot.edit_message_text(
+                        plain, chat_id=chat_id, message_id=message_id
+                    ),
+                    patient,
+                )
         except BadRequest as exc:
             if not is_not_modified(exc):
                 raise
@@ -195,64 +198,3 @@ async def typing(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-
-
-class LiveReply:
-    """A reply streamed into Telegram by editing messages.
-
-    The first text piece is sent at once; later pieces edit the message at most every
-    ``interval`` seconds. Text beyond one message continues in new messages. ``finish()``
-    puts the full formatted reply in place (and removes drafts it no longer needs).
-    """
-
-    def __init__(self, outbox: Outbox, target: Target, interval: float) -> None:
-        self.outbox = outbox
-        self.target = target
-        self.interval = interval
-        self.text = ""
-        self.messages: list[Message] = []
-        self.shown: list[str] = []
-        self._next = 0.0
-
-    async def on_delta(self, delta: str) -> None:
-        self.text += delta
-        now = time.monotonic()
-        if now < self._next:
-            return
-        self._next = now + self.interval
-        try:
-            await self._render(self.text, final=False)
-        except RetryAfter as exc:  # flood control: pause the drafts, the model keeps going
-            self._next = now + retry_seconds(exc)
-        except TelegramError as exc:  # keep streaming from the model; finish() retries
-            log.warning("streaming edit failed: %s", exc)
-
-    async def finish(self, text: str) -> list[Message]:
-        await self._render(text, final=True)
-        return self.messages
-
-    async def _render(self, text: str, *, final: bool) -> None:
-        chunks = self.outbox.chunks(text)
-        formatted = self.outbox.html
-        for i, chunk in enumerate(chunks):
-            if i < len(self.messages):
-                if self.shown[i] != chunk:
-                    await self.outbox.edit(
-                        self.messages[i], chunk, formatted=formatted, patient=final
-                    )
-                    self.shown[i] = chunk
-            else:
-                target = self.target if i == 0 else self.target.follow_up()
-                message = await self.outbox.send_one(
-                    target, chunk, formatted=formatted, patient=final
-                )
-                self.messages.append(message)
-                self.shown.append(chunk)
-        if final:
-            while len(self.messages) > len(chunks):
-                extra = self.messages.pop()
-                self.shown.pop()
-                try:
-                    await self.outbox.delete(extra)
-                except TelegramError as exc:
-                    log.warning("could not delete a draft message: %s", exc)

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from aipersona.adapters.common import AdapterSettings
+from aipersona.adapters.kit import AdapterSettings
 from aipersona.core import Config, ConfigError
 
 _SECRET_RE = re.compile(r"[A-Za-z0-9_-]{1,256}")

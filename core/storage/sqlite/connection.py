@@ -80,7 +80,7 @@ def _on_worker_thread(conn: aiosqlite.Connection) -> Callable[..., Any]:
             "this aiosqlite version cannot run a function on its worker thread "
             "(Connection._execute is gone); install aiosqlite<1"
         )
-    return execute  # type: ignore[no-any-return]
+    return execute
 
 
 class _Checkpointer(threading.Thread):

@@ -1,10 +1,12 @@
-"""Plugins and hooks, storage (migrations, versions, rollback, link, delete) and the CLI."""
+"""Plugins and hooks at work, the example plugins, and the command line."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
+import os
+import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ import pytest
 from aipersona.core import Edit, FieldSpec, Identity, PersonaCore, Tool, hookimpl
 from aipersona.core.storage.sqlite import bundled_migrations
 from tests.conftest import make_config, run_cli
-from tests.fakes.openai_server import FakeOpenAI, Json, Tools, system_text
+from tests.fakes.openai_server import FakeOpenAI, Json, Tools, system_text, updates
 
 ALICE = Identity("cli", "alice")
 ROOT = Path(__file__).resolve().parents[1]
@@ -224,18 +226,7 @@ async def test_cli_chat_commands_and_persona_admin(fake_llm: FakeOpenAI, tmp_pat
     )
     fake_llm.push(
         "json",
-        Json(
-            {
-                "updates": [
-                    {
-                        "field": "Demographics.Name",
-                        "op": "set",
-                        "value": "Alice",
-                        "evidence": "I'm Alice",
-                    }
-                ]
-            }
-        ),
+        updates(("Demographics.Name", "set", "Alice", "I'm Alice")),
     )
     script = "/help\nI'm Alice\n/end\nhello\n/end\n/persona\n"
     code, out, err = await asyncio.to_thread(
@@ -290,8 +281,6 @@ async def test_cli_chat_commands_and_persona_admin(fake_llm: FakeOpenAI, tmp_pat
     assert code == 2 and "no persona for cli:alice" in err
     code, out, err = await asyncio.to_thread(run_cli, "migrate", "--config", str(cfg))
     assert code == 0 and f"is at version {bundled_migrations()[-1].version}" in out
-    with sqlite3.connect(tmp_path / "p.db") as conn:
-        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
 
 def test_cli_reports_bad_config_clearly(tmp_path: Path) -> None:
@@ -323,3 +312,94 @@ def test_example_config_is_valid_and_documents_every_key() -> None:
 def test_field_spec_rejects_bad_names() -> None:
     with pytest.raises(ValueError, match=r"Category\.Field"):
         FieldSpec("nodot")
+
+
+def test_version_and_plugins_commands(tmp_path: Path) -> None:
+    from aipersona.core import __version__
+
+    code, out, _ = run_cli("--version")
+    assert code == 0 and out.strip() == f"aipersona {__version__}"
+    cfg = tmp_path / "bot.toml"
+    cfg.write_text(
+        '[database]\npath = "p.db"\n[plugins]\n'
+        'modules = ["aipersona.plugins.timezone", "aipersona.plugins.audit_log"]\n',
+        encoding="utf-8",
+    )
+    code, out, err = run_cli("plugins", "--config", str(cfg))
+    assert code == 0, err
+    assert "aipersona.plugins.timezone\n  fields: Locale.Timezone, Locale.Locale\n" in out
+    assert "  tools: current_time\n" in out
+    code, out, _ = run_cli("plugins", "--config", str(cfg), "--json")
+    infos = {i["name"]: i for i in json.loads(out)}
+    assert infos["aipersona.plugins.audit_log"]["hooks"] == ["aipersona_startup"]
+    assert "aipersona_before_persona_update" in infos["aipersona.plugins.timezone"]["hooks"]
+
+
+def test_config_tables_belong_to_installed_packages(tmp_path: Path) -> None:
+    cfg = tmp_path / "bot.toml"
+    cfg.write_text('[slack]\ntoken_env = "X"\n', encoding="utf-8")
+    code, _, err = run_cli("migrate", "--config", str(cfg), "--database", str(tmp_path / "d.db"))
+    assert code == 2 and "unknown config section [slack]" in err
+    assert "discord" in err and "telegram" in err and "bench" in err  # the installed owners
+    cfg.write_text("[telegram]\nbogus = 1\n[discord]\nshard_count = -1\n", encoding="utf-8")
+    code, _, err = run_cli("migrate", "--config", str(cfg))
+    assert code == 2 and "Traceback" not in err
+    assert "telegram.bogus" in err or "discord.shard_count" in err
+
+
+THIRD_PARTY = '''
+"""A platform from another package: only the kit and the public face."""
+import asyncio
+from pathlib import Path
+
+from aipersona.adapters.kit import AdapterSettings, AdapterSpec
+
+
+class ToySettings(AdapterSettings):
+    token_env: str = "TOY_TOKEN"
+    greeting: str = "hi"
+
+
+async def run(core, settings, stop):
+    marker = Path(core.config.data_dir()) / "toy.state"
+    marker.write_text(f"running {settings.greeting} {core.started}")
+    await stop.wait()
+    marker.write_text("stopped")
+
+
+ADAPTER = AdapterSpec("toy", ToySettings, run)
+'''
+
+
+async def test_a_third_party_package_adds_a_platform(tmp_path: Path) -> None:
+    """``aipersona run`` finds a platform through the ``aipersona.adapters`` entry points,
+    its [toy] table is validated by the package's own settings, and core names no platform."""
+    site = tmp_path / "site"
+    (site / "toyplatform").mkdir(parents=True)
+    (site / "toyplatform" / "__init__.py").write_text(THIRD_PARTY, encoding="utf-8")
+    dist = site / "toyplatform-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: toyplatform\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[aipersona.adapters]\ntoy = toyplatform:ADAPTER\n")
+    env = {"PYTHONPATH": str(site), "TOY_TOKEN": "not-a-secret"}
+    cfg = tmp_path / "bot.toml"
+    cfg.write_text('[database]\npath = "bot.db"\n[toy]\ngreeting = "bonjour"\nbogus = 1\n')
+    code, _, err = await asyncio.to_thread(run_cli, "run", "--config", str(cfg), env=env)
+    assert code == 2 and "toy.bogus" in err and "Traceback" not in err
+    cfg.write_text(
+        '[database]\npath = "bot.db"\n[llm]\nbase_url = "http://127.0.0.1:9/v1"\n'
+        '[toy]\ngreeting = "bonjour"\n'
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "aipersona.core.cli", "run", "--config", str(cfg),
+        env={**os.environ, **env}, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    state = tmp_path / "toy.state"
+    for _ in range(200):
+        if state.exists() and state.read_text().startswith("running"):
+            break
+        await asyncio.sleep(0.05)
+    assert state.read_text() == "running bonjour True"
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(proc.wait(), 20) == 0
+    assert state.read_text() == "stopped"
