@@ -30,7 +30,7 @@ def _http_ok(body: bytes, *, keep_alive: bool = True) -> bytes:
     return head + b"\r\n\r\n" + body
 
 
-def _completion(content: str, completion_id: str) -> bytes:
+def completion_body(content: str, completion_id: str) -> bytes:
     """A canned chat completion whose assistant message is ``content``."""
     return json.dumps(
         {
@@ -50,9 +50,9 @@ def _completion(content: str, completion_id: str) -> bytes:
     ).encode()
 
 
-REPLY = _completion("Sure, happy to help.", "chatcmpl-fast")
+REPLY = completion_body("Sure, happy to help.", "chatcmpl-fast")
 RESPONSE = _http_ok(REPLY)
-JSON_RESPONSE = _http_ok(_completion('{"updates": []}', "chatcmpl-fast-json"))
+JSON_RESPONSE = _http_ok(completion_body('{"updates": []}', "chatcmpl-fast-json"))
 MODELS_RESPONSE = _http_ok(
     json.dumps({"object": "list", "data": [{"id": "fake-model"}]}).encode(), keep_alive=False
 )

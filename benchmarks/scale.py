@@ -21,6 +21,7 @@ import sqlite3
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -156,8 +157,12 @@ def query_plans(path: Path) -> list[str]:
     return out
 
 
-async def measure(path: Path, personas: int, samples: int) -> dict[str, float]:
-    cfg = config(path)
+async def measure(
+    path: Path, personas: int, samples: int, database: dict[str, Any] | None = None
+) -> dict[str, float]:
+    """Start-up, persona load, uncached identity lookup and a full turn (stub LLM) on the
+    SQLite file ``path``, or on the store described by ``database``."""
+    cfg = config(path, database=database or {})
     llm = StubLLM(cfg)
     t0 = time.perf_counter()
     core = PersonaCore(cfg, llm=llm)
@@ -194,6 +199,17 @@ async def measure(path: Path, personas: int, samples: int) -> dict[str, float]:
         "turn_p50": pct(lat_turn, 50),
         "turn_p99": pct(lat_turn, 99),
     }
+
+
+def print_measured(r: dict[str, float], samples: int) -> None:
+    print(
+        f"start-up (migrate check + pending scan + plugins): {r['start_s'] * 1000:.1f} ms\n"
+        f"persona load (random ids, {samples:,}): p50 {ms(r['load_p50'])} ms,"
+        f" p99 {ms(r['load_p99'])} ms\n"
+        f"identity lookup (uncached): p50 {ms(r['find_p50'])} ms, p99 {ms(r['find_p99'])} ms\n"
+        f"full turn on an existing persona (stub LLM): p50 {ms(r['turn_p50'])} ms,"
+        f" p99 {ms(r['turn_p99'])} ms"
+    )
 
 
 async def sweep_backlog(path: Path, personas: int, batches: int) -> str:
@@ -285,15 +301,7 @@ async def main() -> None:
     for line in query_plans(path):
         print("plan", line)
     drop_page_cache_hint(path)
-    r = await measure(path, args.personas, args.samples)
-    print(
-        f"start-up (migrate check + pending scan + plugins): {r['start_s'] * 1000:.1f} ms\n"
-        f"persona load (random ids, {args.samples:,}): p50 {ms(r['load_p50'])} ms,"
-        f" p99 {ms(r['load_p99'])} ms\n"
-        f"identity lookup (uncached): p50 {ms(r['find_p50'])} ms, p99 {ms(r['find_p99'])} ms\n"
-        f"full turn on an existing persona (stub LLM): p50 {ms(r['turn_p50'])} ms,"
-        f" p99 {ms(r['turn_p99'])} ms"
-    )
+    print_measured(await measure(path, args.personas, args.samples), args.samples)
     if args.sweep_batches:
         print(await sweep_backlog(path, args.personas, args.sweep_batches))
     if not args.keep and not args.db:

@@ -24,10 +24,11 @@ from importlib.metadata import entry_points, version
 from pathlib import Path
 from typing import Any
 
-from .config import Config
+from .config import Config, DatabaseSettings
 from .engine import PersonaCore
 from .errors import AipersonaError
 from .storage import SessionRules, open_storage
+from .storage.copy import copy_store
 from .types import Identity
 
 log = logging.getLogger("aipersona")
@@ -166,6 +167,62 @@ async def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store_settings(where: str, password_env: str) -> DatabaseSettings:
+    """``[database]`` settings for a SQLite path or a postgresql:// URL."""
+    if "://" in where:
+        return DatabaseSettings(url=where, password_env=password_env)
+    return DatabaseSettings(path=where)
+
+
+class ProgressBar:
+    """``table  [#####.....]  12,345/50,000`` on stderr, redrawn in place on a terminal."""
+
+    def __init__(self, stream: Any = sys.stderr, width: int = 30) -> None:
+        self.stream, self.width = stream, width
+        self.live = stream.isatty()
+        self._last = ("", -1)
+
+    def __call__(self, table: str, done: int, total: int) -> None:
+        share = done / total if total else 1.0
+        bar = "#" * round(share * self.width)
+        line = f"{table:<17} [{bar:<{self.width}}] {done:>10,}/{total:,}"
+        if self.live:
+            end = "\n" if done >= total else ""
+            print(f"\r{line}", end=end, file=self.stream, flush=True)
+        elif done >= total and self._last != (table, done):
+            print(line, file=self.stream, flush=True)
+        self._last = (table, done)
+
+
+async def _db_copy(args: argparse.Namespace) -> int:
+    if args.source == args.target:
+        raise CliError("--from and --to are the same store")
+    rules = SessionRules()
+    source = await open_storage(_store_settings(args.source, args.from_password_env), rules)
+    try:
+        target = await open_storage(_store_settings(args.target, args.to_password_env), rules)
+        try:
+            await source.migrate()
+            await target.migrate()
+            print(f"copying {source.location} -> {target.location}", file=sys.stderr)
+            reports = await copy_store(source, target, batch=args.batch, progress=ProgressBar())
+        finally:
+            await target.close()
+    finally:
+        await source.close()
+    bad = [r for r in reports if not r.ok]
+    for r in reports:
+        state = "ok" if r.ok else f"MISMATCH: {r.target_rows:,} rows in the target"
+        print(f"{r.table}: {r.rows:,} rows, sha256 {r.source_digest[:12]} {state}")
+    if bad:
+        raise CliError(
+            f"the copy does not match in {', '.join(r.table for r in bad)} (the source changed "
+            "during the copy, or the target held other data): stop the bot and run it again"
+        )
+    print(f"verified: {sum(r.rows for r in reports):,} rows in {len(reports)} tables")
+    return 0
+
+
 async def _plugins(args: argparse.Namespace) -> int:
     core = await admin_core(args)
     try:
@@ -212,6 +269,19 @@ def _register_core_commands(sub: argparse._SubParsersAction[argparse.ArgumentPar
     p = sub.add_parser("migrate", help="apply database migrations")
     add_config_options(p)
     p.set_defaults(func=_migrate)
+
+    p = sub.add_parser("db", help="database tools: copy one store into another")
+    dbsub = p.add_subparsers(dest="db_command", required=True)
+    p = dbsub.add_parser(
+        "copy",
+        help="copy everything from SRC to DST (SQLite paths or postgresql:// URLs), verified",
+    )
+    p.add_argument("--from", dest="source", required=True, metavar="SRC")
+    p.add_argument("--to", dest="target", required=True, metavar="DST")
+    p.add_argument("--from-password-env", default="PGPASSWORD", metavar="VAR")
+    p.add_argument("--to-password-env", default="PGPASSWORD", metavar="VAR")
+    p.add_argument("--batch", type=int, default=1000, help="rows per transaction")
+    p.set_defaults(func=_db_copy)
 
     p = sub.add_parser("plugins", help="list the loaded plugins, their fields and tools")
     add_config_options(p)

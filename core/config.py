@@ -31,6 +31,14 @@ class _Section(BaseModel):
 class DatabaseSettings(_Section):
     path: str = "aipersona.db"
     busy_timeout_ms: int = Field(10_000, ge=0)
+    # PostgreSQL instead of the SQLite file: postgresql://user@host:port/database (no
+    # password in the URL: it comes from the environment variable named by password_env)
+    url: str = ""
+    password_env: str = "PGPASSWORD"
+    schema_name: str = Field("", alias="schema")
+    pool_min_size: int = Field(1, ge=0)
+    pool_max_size: int = Field(10, ge=1)
+    connect_timeout_seconds: float = Field(10.0, gt=0)
 
 
 class LocalModelSettings(_Section):
@@ -72,6 +80,7 @@ class PersonaSettings(_Section):
     max_transcript_chars: int = Field(24_000, ge=1000)
     max_update_attempts: int = Field(3, ge=1)
     update_lease_seconds: float = Field(600.0, gt=0)
+    update_recheck_seconds: float = Field(15.0, gt=0)
 
 
 class SessionSettings(_Section):
@@ -195,8 +204,11 @@ class Config(_Section):
             except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
                 raise ConfigError(f"cannot read config {p}: {exc}") from None
             cfg = cls.from_dict(data, source=str(p))
-        if database:
-            cfg.database.path = database
+        if database:  # a file path, or a postgresql:// URL
+            if "://" in database:
+                cfg.database.url = database
+            else:
+                cfg.database.path, cfg.database.url = database, ""
         return cfg
 
     @classmethod

@@ -25,7 +25,7 @@ from .hooks import Hooks, PerPlugin, PluginHost, make_plugin_manager, register_p
 from .learning import LearningLoop
 from .llm import LLMClient
 from .local_model import MODEL_ALIAS, LocalModelServer
-from .locks import KeyedLocks
+from .locks import PersonLock
 from .optimizer import PersonaOptimizer
 from .schema import FieldSpec, PersonaSchema
 from .storage import SessionRules, Storage, open_storage
@@ -79,7 +79,6 @@ class PersonaCore:
         self.llm = llm
         self._own_llm = llm is None
         self.local_model: LocalModelServer | None = None
-        self.locks = KeyedLocks()
         self.started = False
         self._storage: Storage | None = None
         self._plugin_info: dict[str, PluginInfo] = {}
@@ -113,6 +112,7 @@ class PersonaCore:
             history_token_budget=cfg.sessions.history_token_budget,
         )
         self._storage = await open_storage(cfg.database, rules)
+        self.locks = PersonLock(self._storage.person_lock)
         try:
             await self._storage.migrate()
             await self._build(self._storage, chat=chat)
@@ -169,6 +169,7 @@ class PersonaCore:
             max_attempts=cfg.persona.max_update_attempts,
             lease_seconds=cfg.persona.update_lease_seconds,
             sweep_seconds=cfg.sessions.sweep_seconds,
+            recheck_seconds=cfg.persona.update_recheck_seconds,
         )
         self.turns = TurnRunner(
             storage,
@@ -400,8 +401,7 @@ class PersonaCore:
 
     async def run_pending_updates(self) -> None:
         """Run every pending persona update now (retrying failed attempts) and wait."""
-        for update in await self.storage.pending_updates():
-            self.learning.kick(update.persona_id)
+        await self.learning.run_pending()
         await self.learning.wait()
 
     async def sweep_idle_sessions(self, now: float | None = None) -> int:

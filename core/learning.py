@@ -13,16 +13,13 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
-import secrets
-import socket
 import time
 
 from .editing import PersonaEditor
 from .edits import Change
 from .errors import LLMError, PersonaNotFound
 from .hooks import Hooks
-from .locks import KeyedLocks
+from .locks import PersonLock
 from .optimizer import PersonaOptimizer
 from .storage import Storage, UpdateOutcome
 from .tools import ToolContext
@@ -40,11 +37,12 @@ class LearningLoop:
         optimizer: PersonaOptimizer,
         editor: PersonaEditor,
         hooks: Hooks,
-        locks: KeyedLocks,
+        locks: PersonLock,
         *,
         max_attempts: int,
         lease_seconds: float,
         sweep_seconds: float,
+        recheck_seconds: float = 15.0,
     ) -> None:
         self.storage = storage
         self.optimizer = optimizer
@@ -54,11 +52,13 @@ class LearningLoop:
         self.max_attempts = max_attempts
         self.lease_seconds = lease_seconds
         self.sweep_seconds = sweep_seconds
-        # who holds a claim: host and pid (a dead local owner's claim is taken over at once)
-        self.owner = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
+        self.recheck_seconds = recheck_seconds
+        # who holds a claim: storage names its workers (and can tell when one is gone)
+        self.owner = storage.worker_id
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._rerun: set[int] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self._rechecker: asyncio.Task[None] | None = None
         self.running = False
 
     # -- life cycle -------------------------------------------------------------------------
@@ -66,18 +66,17 @@ class LearningLoop:
     async def start(self, *, run_pending: bool = True, sweep: bool = True) -> None:
         self.running = True
         if run_pending:
-            for persona_id in dict.fromkeys(
-                u.persona_id for u in await self.storage.pending_updates()
-            ):
-                self.kick(persona_id)
+            await self.run_pending()
         if sweep:
             self._sweeper = asyncio.create_task(self._sweep_loop(), name="aipersona-sweeper")
+            self._rechecker = asyncio.create_task(
+                self._recheck_loop(), name="aipersona-update-recheck"
+            )
 
     async def close(self) -> None:
         self.running = False
         tasks = [*self._tasks.values()]
-        if self._sweeper is not None:
-            tasks.append(self._sweeper)
+        tasks += [t for t in (self._sweeper, self._rechecker) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -217,6 +216,29 @@ class LearningLoop:
             total += len(ended)
             if len(ended) < SWEEP_BATCH:
                 return total
+
+    async def run_pending(self, *, orphans_only: bool = False) -> None:
+        """Start a pass over every person with a pending update (claims decide who runs
+        each: an update held by a live worker is skipped). ``orphans_only``: only updates
+        never attempted or held by a claim (a dead worker's is taken over); one whose
+        attempt failed waits for the next session end or start, so an outage does not use
+        up its attempts in minutes."""
+        pending = await self.storage.pending_updates()
+        if orphans_only:
+            pending = [u for u in pending if u.attempts == 0 or u.claimed_by is not None]
+        for persona_id in dict.fromkeys(u.persona_id for u in pending):
+            self.kick(persona_id)
+
+    async def _recheck_loop(self) -> None:
+        """Every ``recheck_seconds``: pick up updates nobody is running, e.g. those a killed
+        worker had claimed (its claim is free once its process is gone) or whose earlier
+        attempt failed."""
+        while True:
+            await asyncio.sleep(self.recheck_seconds)
+            try:
+                await self.run_pending(orphans_only=True)
+            except Exception:
+                log.exception("re-checking pending persona updates failed")
 
     async def _sweep_loop(self) -> None:
         while True:

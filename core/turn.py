@@ -18,7 +18,7 @@ from .editing import PersonaEditor
 from .errors import LLMError, PersonaNotFound
 from .hooks import Hooks
 from .learning import LearningLoop
-from .locks import KeyedLocks
+from .locks import PersonLock
 from .schema import clean_text
 from .storage import Storage
 from .types import Identity, Reply, TurnStart
@@ -43,7 +43,7 @@ class TurnRunner:
         editor: PersonaEditor,
         learning: LearningLoop,
         hooks: Hooks,
-        locks: KeyedLocks,
+        locks: PersonLock,
         *,
         chat: ChatSettings,
         max_input_chars: int,

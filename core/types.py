@@ -91,6 +91,7 @@ class PendingUpdate:
     persona_id: int
     session_ids: list[int]
     attempts: int = 0
+    claimed_by: str | None = None  # the worker running it now (or that died running it)
 
 
 @dataclass

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from aipersona.core import Config, PersonaCore
+from tests import postgres
 from tests.fakes.openai_server import FakeOpenAI
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -32,9 +33,10 @@ def run_cli(
     return proc.returncode, out, err
 
 
-def make_config(db_path: Path, base_url: str, **overrides: Any) -> Config:
+def make_config(database: Path | dict[str, Any], base_url: str, **overrides: Any) -> Config:
+    """A test config: ``database`` is a SQLite file path or a ``[database]`` table."""
     data: dict[str, Any] = {
-        "database": {"path": str(db_path)},
+        "database": dict(database) if isinstance(database, dict) else {"path": str(database)},
         "llm": {
             "base_url": base_url,
             "model": "fake-model",
@@ -63,3 +65,23 @@ def db_path(tmp_path: Path) -> Path:
 async def core(fake_llm: FakeOpenAI, db_path: Path) -> AsyncIterator[PersonaCore]:
     async with PersonaCore(make_config(db_path, fake_llm.base_url)) as c:
         yield c
+
+
+@pytest.fixture
+async def pg_schema() -> AsyncIterator[str]:
+    """A fresh schema on the test PostgreSQL server (skipped locally without one)."""
+    async with postgres.fresh_schema() as schema:
+        yield schema
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def database(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Path | dict[str, Any]]:
+    """Each backend in turn, as ``make_config``'s first argument (the end-to-end core tests
+    run on both)."""
+    if request.param == "sqlite":
+        yield tmp_path / "persona.db"
+        return
+    async with postgres.fresh_schema() as schema:
+        yield postgres.database_section(schema)

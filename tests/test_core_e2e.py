@@ -1,10 +1,15 @@
-"""End to end through the real openai client and a loopback fake endpoint."""
+"""End to end through the real openai client and a loopback fake endpoint, on each storage
+backend (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from aipersona.core import Edit, Identity, PersonaCore
 from tests.conftest import make_config
@@ -21,6 +26,14 @@ from tests.fakes.openai_server import (
 
 ALICE = Identity("cli", "alice")
 BOB = Identity("cli", "bob")
+Database = Path | dict[str, Any]  # a SQLite path or a [database] table (conftest)
+
+
+@pytest.fixture
+async def core(fake_llm: FakeOpenAI, database: Database) -> AsyncIterator[PersonaCore]:
+    """The core on each backend in turn (``database`` is parametrized)."""
+    async with PersonaCore(make_config(database, fake_llm.base_url)) as c:
+        yield c
 
 
 async def three_sessions(core: PersonaCore, ident: Identity, chat: str = "c1") -> None:
@@ -30,7 +43,7 @@ async def three_sessions(core: PersonaCore, ident: Identity, chat: str = "c1") -
 
 
 async def test_three_sessions_one_update_then_prompt_carries_it(
-    core: PersonaCore, fake_llm: FakeOpenAI, db_path: Path
+    core: PersonaCore, fake_llm: FakeOpenAI, database: Database
 ) -> None:
     fake_llm.push(
         "json",
@@ -81,8 +94,8 @@ async def test_three_sessions_one_update_then_prompt_carries_it(
     assert data is not None and [u["status"] for u in data["persona_updates"]] == ["done"]
 
 
-async def test_history_is_bounded_and_in_order(fake_llm: FakeOpenAI, db_path: Path) -> None:
-    cfg = make_config(db_path, fake_llm.base_url, sessions={"history_messages": 4})
+async def test_history_is_bounded_and_in_order(fake_llm: FakeOpenAI, database: Database) -> None:
+    cfg = make_config(database, fake_llm.base_url, sessions={"history_messages": 4})
     async with PersonaCore(cfg) as core:
         for i in range(6):
             await core.respond(ALICE, "c", f"m{i}")
@@ -92,7 +105,7 @@ async def test_history_is_bounded_and_in_order(fake_llm: FakeOpenAI, db_path: Pa
 
 
 async def test_malformed_optimizer_json_changes_nothing_and_retries(
-    core: PersonaCore, fake_llm: FakeOpenAI, db_path: Path
+    core: PersonaCore, fake_llm: FakeOpenAI, database: Database
 ) -> None:
     fake_llm.push("json", "this is not json {", Json({"updates": "nope"}))
     await three_sessions(core, ALICE)
@@ -106,7 +119,7 @@ async def test_malformed_optimizer_json_changes_nothing_and_retries(
 
 
 async def test_unknown_fields_and_bad_types_are_rejected_with_reasons(
-    core: PersonaCore, fake_llm: FakeOpenAI, db_path: Path
+    core: PersonaCore, fake_llm: FakeOpenAI, database: Database
 ) -> None:
     fake_llm.push(
         "json",
@@ -235,8 +248,8 @@ async def test_tool_calls_update_persona_and_tool_errors_do_not_break_turn(
     assert second[-4]["tool_calls"][0]["function"]["name"] == "update_persona_field"
 
 
-async def test_tool_loop_is_bounded(fake_llm: FakeOpenAI, db_path: Path) -> None:
-    cfg = make_config(db_path, fake_llm.base_url, tools={"max_rounds": 3})
+async def test_tool_loop_is_bounded(fake_llm: FakeOpenAI, database: Database) -> None:
+    cfg = make_config(database, fake_llm.base_url, tools={"max_rounds": 3})
     fake_llm.chat_default = lambda req: (
         Tools([("get_persona", {})]) if req.get("tools") else "final answer"
     )
@@ -248,9 +261,9 @@ async def test_tool_loop_is_bounded(fake_llm: FakeOpenAI, db_path: Path) -> None
 
 
 async def test_llm_failures_keep_the_message_and_apologize(
-    fake_llm: FakeOpenAI, db_path: Path
+    fake_llm: FakeOpenAI, database: Database
 ) -> None:
-    cfg = make_config(db_path, fake_llm.base_url, llm={"timeout_seconds": 0.5})
+    cfg = make_config(database, fake_llm.base_url, llm={"timeout_seconds": 0.5})
     async with PersonaCore(cfg) as core:
         fake_llm.push("chat", Error(500), Error(429, headers={"Retry-After": "0"}), Hang(2))
         for text in ("first", "second", "third"):
@@ -300,8 +313,10 @@ async def test_streaming_with_tool_calls(core: PersonaCore, fake_llm: FakeOpenAI
     assert persona is not None and persona.values["Demographics.Name"] == "Ali"
 
 
-async def test_restart_with_pending_update_runs_it(fake_llm: FakeOpenAI, db_path: Path) -> None:
-    cfg = make_config(db_path, fake_llm.base_url)
+async def test_restart_with_pending_update_runs_it(
+    fake_llm: FakeOpenAI, database: Database
+) -> None:
+    cfg = make_config(database, fake_llm.base_url)
     fake_llm.push("json", Error(503))
     async with PersonaCore(cfg) as core:
         await three_sessions(core, ALICE)
@@ -348,7 +363,9 @@ async def test_two_users_concurrently_stay_separate(
     assert roles == ["user", "assistant"] * 10
 
 
-async def test_json_schema_fallback_to_json_object(fake_llm: FakeOpenAI, db_path: Path) -> None:
+async def test_json_schema_fallback_to_json_object(
+    fake_llm: FakeOpenAI, database: Database
+) -> None:
     fake_llm.reject_json_schema = True
     fake_llm.push(
         "json",
@@ -360,7 +377,7 @@ async def test_json_schema_fallback_to_json_object(fake_llm: FakeOpenAI, db_path
             }
         ),
     )
-    async with PersonaCore(make_config(db_path, fake_llm.base_url)) as core:
+    async with PersonaCore(make_config(database, fake_llm.base_url)) as core:
         await three_sessions(core, ALICE)
         await core.wait_for_updates()
         persona = await core.persona(ALICE)

@@ -130,6 +130,27 @@ def test_build_bot_intents_and_sharding(core: PersonaCore) -> None:
     assert isinstance(sharded, commands.AutoShardedBot) and sharded.shard_count == 3
 
 
+def test_shard_ids_are_checked_and_name_the_key(core: PersonaCore) -> None:
+    s = DiscordSettings.parse("discord", {"shard_ids": [3, 2], "shard_count": 4})
+    bot = build_bot(core, s)  # a range of shards: an AutoShardedBot even without `sharded`
+    assert isinstance(bot, commands.AutoShardedBot)
+    assert bot.shard_ids == [3, 2] and bot.shard_count == 4
+    bad = [
+        ({"shard_ids": [0]}, "needs shard_count"),
+        ({"shard_ids": [0, 4], "shard_count": 4}, r"\[4\] are out of range.* 0 to 3"),
+        ({"shard_ids": [-1, 1], "shard_count": 2}, r"\[-1\] are out of range"),
+        ({"shard_ids": [1, 0, 1], "shard_count": 2}, r"\[1\] are listed more than once"),
+        ({"shard_ids": ["zero"], "shard_count": 2}, "integer"),
+    ]
+    for table, reason in bad:
+        with pytest.raises(ConfigError, match=rf"discord\.shard_ids\b.*{reason}"):
+            DiscordSettings.parse("discord", table)
+    with pytest.raises(ConfigError, match=r"discord\.shard_ids"):  # at load, before any run
+        make_config(Path("unused.db"), "http://127.0.0.1:9/v1", discord={"shard_ids": [2]})
+    single = DiscordSettings.parse("discord", {"sharded": True, "shard_count": 3})
+    assert single.shard_ids == [] and single.autosharded  # one process runs every shard
+
+
 # ------------------------------------------------------------------ the command table
 
 
@@ -517,6 +538,34 @@ async def test_autosharded_bot_with_two_shards(core: PersonaCore, fake_llm: Fake
         str(CHANNEL),
         str(DM_ALICE),
     }
+
+
+async def test_two_bots_split_the_shards(core: PersonaCore, fake_llm: FakeOpenAI) -> None:
+    """Two bots (as two processes would) with shard_ids [0] and [1] of 2: each gets only its
+    shard's guilds and answers their messages, once; DMs go to shard 0's bot."""
+    guilds = [
+        FakeGuild(),
+        FakeGuild(id=SHARD1_GUILD, name="Second", channels=[FakeChannel(SHARD1_CHANNEL, "x")]),
+    ]
+    async with FakeDiscord(guilds=guilds, shards=2) as fd:
+        with patched_discord(fd):
+            async with (
+                persona_bot(core, shard_ids=[0], shard_count=2) as zero_bot,
+                persona_bot(core, shard_ids=[1], shard_count=2, sync_commands=False) as one_bot,
+            ):
+                assert fd.connected_shards == [(0, 2), (1, 2)]
+                assert list(zero_bot.shards) == [0] and list(one_bot.shards) == [1]
+                assert [g.id for g in zero_bot.guilds] == [GUILD]
+                assert [g.id for g in one_bot.guilds] == [SHARD1_GUILD]
+                one = await chat(fd, SHARD1_CHANNEL, ALICE, f"{MENTION} one", mentions_bot=True)
+                zero = await chat(fd, CHANNEL, ALICE, f"{MENTION} zero", mentions_bot=True)
+                dm = await chat(fd, DM_ALICE, ALICE, "a DM")
+                assert zero_bot.get_channel(CHANNEL) is not None
+                assert one_bot.get_channel(CHANNEL) is None  # shard 1 never saw guild 0
+    assert [m.content for m in one] == ["echo: one"]
+    assert [m.content for m in zero] == ["echo: zero"]
+    assert [m.content for m in dm] == ["echo: a DM"]
+    assert sorted(last_user_text(r) for r in fake_llm.chat_requests()) == ["a DM", "one", "zero"]
 
 
 async def test_run_discord_reconnects_and_stops_cleanly(

@@ -298,7 +298,8 @@ def test_example_config_is_valid_and_documents_every_key() -> None:
     cfg = Config.load(ROOT / "bot.example.toml")
     for section in ("database", "llm", "persona", "sessions", "chat", "tools", "plugins"):
         model = getattr(cfg, section)
-        for key in type(model).model_fields:
+        for name, info in type(model).model_fields.items():
+            key = info.alias or name  # as written in TOML
             assert f"{key} =" in text or f"[{section}.{key}]" in text, f"{section}.{key}"
     from aipersona.adapters.discord import DiscordSettings
     from aipersona.adapters.telegram import TelegramSettings

@@ -627,6 +627,41 @@ async def test_webhook_mode(
         assert await tg.deliver_webhook(forged, secret_token="wrong") == 403
         await asyncio.sleep(0.1)
     assert shown(tg, ALICE) == ["echo: via hook"]
+    (registered,) = tg.calls_to("setWebhook")
+    assert registered["max_connections"] == 40 and "drop_pending_updates" not in registered
+    # stopping leaves the webhook registered: other workers may serve it, Telegram keeps
+    # the updates for a stopped bot
+    assert tg.calls_to("deleteWebhook") == [] and tg.webhook_url == settings.webhook_url
+
+
+async def test_a_stopping_webhook_worker_answers_what_it_acknowledged(
+    core: PersonaCore, fake_llm: FakeOpenAI, tg: FakeTelegramAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stopped while the model is still answering an update it has acknowledged (Telegram
+    will not send it again): the webhook server closes at once, the reply still goes out."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/tg-hook"
+    settings = tg_settings(
+        tg, mode="webhook", webhook_port=port, webhook_path="tg-hook", webhook_url=url,
+        webhook_max_connections=7,
+    )  # fmt: skip
+    fake_llm.push("chat", Hang(1.0))
+    stop = asyncio.Event()
+    with caplog.at_level(logging.WARNING, logger="aipersona.adapters.telegram"):
+        task = asyncio.create_task(run_telegram(core, settings, stop))
+        await tg.wait_for(lambda: tg.webhook_url)
+        await wait_listening(port)
+        assert await tg.deliver_webhook(tg.make_message_update(ALICE, ALICE, "slow")) == 200
+        await fake_llm.wait_for_requests("chat", 1)
+        stop.set()
+        await tg.wait_for(lambda: not task.done() and tg.sent_texts(ALICE), 5)
+        await asyncio.wait_for(task, 10)
+    assert tg.sent_texts(ALICE) == ["echo: slow"]
+    assert tg.calls_to("setWebhook")[0]["max_connections"] == 7
+    assert tg.calls_to("deleteWebhook") == [] and tg.webhook_url == url
+    # a random secret per run: said clearly that only one worker may serve the URL
+    (warning,) = [r.getMessage() for r in caplog.records if "random secret" in r.getMessage()]
+    assert "webhook_secret_env" in warning and "webhook_shared" in warning
 
 
 async def test_run_stops_on_event_within_a_running_loop(
@@ -665,6 +700,21 @@ def test_settings_from_config_and_errors(monkeypatch: pytest.MonkeyPatch) -> Non
     with pytest.raises(ConfigError, match="BAD_SECRET"):
         TelegramSettings(webhook_secret_env="BAD_SECRET").webhook_secret()
     assert len(TelegramSettings().webhook_secret()) >= 32  # random when not configured
+
+
+def test_shared_webhook_settings_need_one_secret_for_all_workers() -> None:
+    shared = {"mode": "webhook", "webhook_shared": True, "webhook_secret_env": "TG_SECRET"}
+    s = TelegramSettings.parse("telegram", shared)
+    assert s.webhook_shared and s.webhook_max_connections == 40
+    no_secret = {**shared, "webhook_secret_env": ""}
+    with pytest.raises(ConfigError, match=r"telegram\.webhook_shared: .*webhook_secret_env"):
+        TelegramSettings.parse("telegram", no_secret)
+    with pytest.raises(ConfigError, match=r"telegram\.webhook_shared: .*mode = \"webhook\""):
+        TelegramSettings.parse("telegram", {**shared, "mode": "polling"})
+    with pytest.raises(ConfigError, match=r"telegram\.webhook_max_connections"):
+        TelegramSettings.parse("telegram", {"webhook_max_connections": 101})
+    with pytest.raises(ConfigError, match=r"telegram\.webhook_shared"):  # at load already
+        Config.from_dict({"telegram": no_secret})
 
 
 @pytest.mark.parametrize(

@@ -90,7 +90,10 @@ def build_bot(
 
     ``settings`` defaults to the ``[discord]`` section of ``core.config``. With
     ``settings.sharded`` it is an ``AutoShardedBot`` (``shard_count`` 0 = as Discord
-    recommends).
+    recommends); with ``settings.shard_ids`` an ``AutoShardedBot`` running only those of
+    ``shard_count`` shards, so that several processes (on several machines, sharing one
+    PostgreSQL store) split one bot: Discord sends each guild's events to shard
+    ``(guild_id >> 22) % shard_count`` and direct messages to shard 0.
     """
     settings = settings or DiscordSettings.from_config(core.config)
     options: dict[str, Any] = {
@@ -100,10 +103,12 @@ def build_bot(
         "allowed_mentions": discord.AllowedMentions.none(),
     }
     cls: type[PersonaBot] | type[ShardedPersonaBot] = PersonaBot
-    if settings.sharded:
+    if settings.autosharded:
         cls = ShardedPersonaBot
         if settings.shard_count:
             options["shard_count"] = settings.shard_count
+        if settings.shard_ids:  # this process runs these shards; others run the rest
+            options["shard_ids"] = list(settings.shard_ids)
     options.update(bot_options)
     bot = cls(**options)
     bot.persona_core = core
@@ -137,7 +142,12 @@ async def run_discord(
                 f"Discord rejected the bot token from ${settings.token_env}"
             ) from None
         connect = asyncio.create_task(bot.connect(reconnect=True), name="discord-connect")
-        log.info("discord: connecting")
+        if settings.shard_ids:
+            log.info(
+                "discord: connecting shards %s of %d", settings.shard_ids, settings.shard_count
+            )
+        else:
+            log.info("discord: connecting")
         await asyncio.wait({connect, stop}, return_when=asyncio.FIRST_COMPLETED)
         if connect.done():
             _raise_connect_error(connect, settings)

@@ -21,6 +21,7 @@ from .settings import TelegramSettings
 log = logging.getLogger(__name__)
 
 ALLOWED_UPDATES = [Update.MESSAGE]  # edits, channel posts, callbacks are never used
+_DRAIN_TIMEOUT = 10.0  # at stop: for updates already received to reach their handlers
 
 
 class RedactToken(logging.Filter):
@@ -90,10 +91,23 @@ async def run_telegram(
     The core must be started. Polling by default; ``mode = "webhook"`` serves
     ``http://webhook_listen:webhook_port/webhook_path`` and registers ``webhook_url`` with
     Telegram (secret token from ``webhook_secret_env``, else a random one per run).
+
+    Several workers may serve one ``webhook_url`` (``webhook_shared``, behind a load
+    balancer): each registers the same URL, secret, ``allowed_updates`` and
+    ``max_connections``, which changes nothing at Telegram; none drops pending updates, and
+    none deletes the webhook when it stops. A stopping worker first closes its webhook
+    server (the balancer sends new updates to the others), then finishes every update it
+    has already acknowledged before it returns.
     """
     settings = settings or TelegramSettings.from_config(core.config)
     settings.check_webhook()
     secret = settings.webhook_secret() if settings.mode == "webhook" else None
+    if settings.mode == "webhook" and not settings.webhook_secret_env:
+        log.warning(
+            "Telegram webhook with a random secret for this run: only this one process may "
+            "serve %s (for several workers set webhook_secret_env and webhook_shared = true)",
+            settings.webhook_url,
+        )
     stop_event = stop_event or asyncio.Event()
     application = build_application(core, settings)
     async with application:
@@ -106,6 +120,8 @@ async def run_telegram(
         assert updater is not None
         try:
             if settings.mode == "webhook":
+                # setWebhook with exactly what every other worker sends (and never
+                # drop_pending_updates: they would be the other workers' updates)
                 await updater.start_webhook(
                     listen=settings.webhook_listen,
                     port=settings.webhook_port,
@@ -113,6 +129,7 @@ async def run_telegram(
                     webhook_url=settings.webhook_url,
                     secret_token=secret,
                     allowed_updates=ALLOWED_UPDATES,
+                    max_connections=settings.webhook_max_connections,
                     bootstrap_retries=3,
                 )
             else:
@@ -124,8 +141,22 @@ async def run_telegram(
             log.info("Telegram bot @%s running (%s)", application.bot.username, settings.mode)
             await stop_event.wait()
         finally:
+            # The webhook stays registered (other workers may serve it; Telegram keeps
+            # updates for a stopped bot): stop receiving, then answer what was received.
             if updater.running:
                 await updater.stop()
             if application.running:
+                await _drain(application)
                 await application.stop()
     log.info("Telegram bot stopped")
+
+
+async def _drain(application: Application) -> None:
+    """Let the updates already received (acknowledged to Telegram, which won't send them
+    again) reach their handlers while the Application still runs: ``Application.stop``
+    awaits the handlers started before it, but a handler started during ``stop`` would not
+    be awaited and could still be running when the core closes."""
+    try:
+        await asyncio.wait_for(application.update_queue.join(), _DRAIN_TIMEOUT)
+    except TimeoutError:
+        log.warning("Telegram: updates still queued after %.0f s at stop", _DRAIN_TIMEOUT)

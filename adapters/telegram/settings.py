@@ -7,7 +7,7 @@ import re
 import secrets
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from aipersona.adapters.kit import AdapterSettings
 from aipersona.core import Config, ConfigError
@@ -25,6 +25,10 @@ class TelegramSettings(AdapterSettings):
     webhook_url: str = ""
     webhook_path: str = "telegram"
     webhook_secret_env: str = ""
+    # several worker processes serve webhook_url (behind a load balancer), each any user
+    webhook_shared: bool = False
+    # Telegram's setWebhook max_connections: updates in flight at once, over all workers
+    webhook_max_connections: int = Field(40, ge=1, le=100)
     base_url: str = ""
     parse_mode: Literal["HTML", "none"] = "HTML"
     poll_timeout: float = Field(10.0, ge=0, le=300)
@@ -34,6 +38,27 @@ class TelegramSettings(AdapterSettings):
     flood_group_messages: int = Field(20, ge=0)
     flood_group_seconds: float = Field(60.0, gt=0)
     flood_max_retries: int = Field(3, ge=0)
+
+    @field_validator("webhook_shared")
+    @classmethod
+    def _shared_needs_a_common_secret(cls, value: bool, info: ValidationInfo) -> bool:
+        """Several workers must check one secret: each worker's setWebhook replaces the
+        secret Telegram sends, so with a random one per worker only the last one started
+        would accept the updates (the others answer 403 and Telegram retries elsewhere,
+        late, or gives up)."""
+        if not value:
+            return value
+        if info.data.get("mode", "webhook") != "webhook":
+            raise ValueError(
+                'webhook_shared needs mode = "webhook" (only one process may poll a bot: '
+                "Telegram ends the other getUpdates)"
+            )
+        if not info.data.get("webhook_secret_env", "x"):
+            raise ValueError(
+                "webhook_shared needs webhook_secret_env: every worker must use the same "
+                "webhook secret (a random one per worker makes the others refuse the updates)"
+            )
+        return value
 
     @classmethod
     def from_config(cls, config: Config) -> TelegramSettings:
@@ -57,7 +82,8 @@ class TelegramSettings(AdapterSettings):
         return f"{root}/bot", f"{root}/file/bot"
 
     def webhook_secret(self) -> str:
-        """The webhook secret token: from ``webhook_secret_env``, else a random one per run."""
+        """The webhook secret token: from ``webhook_secret_env``, else a random one per run
+        (for a single worker only: see ``webhook_shared``)."""
         if not self.webhook_secret_env:
             return secrets.token_urlsafe(32)
         value = os.environ.get(self.webhook_secret_env, "").strip()

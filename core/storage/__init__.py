@@ -14,7 +14,20 @@ if TYPE_CHECKING:
 
 
 async def open_storage(settings: DatabaseSettings, rules: SessionRules) -> Storage:
-    """Open the configured store (its migrations are not applied: call ``migrate``)."""
+    """Open the configured store: PostgreSQL when ``[database] url`` is set, else the SQLite
+    file at ``[database] path`` (its migrations are not applied: call ``migrate``)."""
+    if settings.url:
+        from .postgres import PostgresStorage
+
+        return await PostgresStorage.open(
+            settings.url,
+            rules,
+            password_env=settings.password_env,
+            schema=settings.schema_name,
+            pool_min_size=settings.pool_min_size,
+            pool_max_size=settings.pool_max_size,
+            connect_timeout=settings.connect_timeout_seconds,
+        )
     from .sqlite import SQLiteStorage
 
     return await SQLiteStorage.open(settings.path, rules, busy_timeout_ms=settings.busy_timeout_ms)

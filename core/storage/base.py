@@ -18,6 +18,7 @@ Rules every backend keeps:
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -57,6 +58,7 @@ class Storage(Protocol):
 
     rules: SessionRules
     location: str  # what to show the user: a file path or a URL without password
+    worker_id: str  # this process's name in update claims (``shared.new_owner``)
 
     # -- life cycle -------------------------------------------------------------------------
     async def close(self) -> None:
@@ -117,6 +119,11 @@ class Storage(Protocol):
         readable in the store's files; False if it did not exist."""
 
     # -- turns and sessions -----------------------------------------------------------------
+    def person_lock(self, persona_id: int) -> AbstractAsyncContextManager[None]:
+        """Held while one person's turn runs: their turns go one at a time across every
+        process that shares the store (the core serializes them within a process). A
+        process that dies releases its locks."""
+
     async def begin_turn(
         self, persona_id: int, identity: Identity, chat_id: str, text: str, now: float
     ) -> TurnStart | None:
@@ -163,3 +170,22 @@ class Storage(Protocol):
     async def fail_update(self, update_id: int, error: str, max_attempts: int) -> bool:
         """Count a failed attempt and store the error; True if the update is now ``failed``
         for good (``max_attempts`` reached), False if it stays pending."""
+
+    # -- bulk access, for ``aipersona db copy`` (tables of ``shared.TABLES``) ----------------
+    async def columns(self, table: str) -> list[str]:
+        """The table's columns, in schema order."""
+
+    async def count_rows(self, table: str) -> int:
+        """How many rows the table has."""
+
+    async def read_rows(
+        self, table: str, columns: list[str], after: tuple[Any, ...] | None, limit: int
+    ) -> list[tuple[Any, ...]]:
+        """Up to ``limit`` rows in primary-key order, after the key ``after`` (None: from the
+        start)."""
+
+    async def write_rows(self, table: str, columns: list[str], rows: list[tuple[Any, ...]]) -> None:
+        """Insert the rows, replacing a row with the same primary key (one transaction)."""
+
+    async def after_bulk_write(self) -> None:
+        """Make the store consistent after ``write_rows`` (e.g. id sequences)."""

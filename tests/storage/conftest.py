@@ -4,15 +4,20 @@ probe that inspects the backend's own tables (the only place tests look at them)
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from aipersona.core.storage import SessionRules, Storage
+from aipersona.core.storage.postgres import PostgresStorage
 from aipersona.core.storage.sqlite import SQLiteStorage
+from tests import postgres
 
 RULES = SessionRules(idle_seconds=60, update_every=2, history_messages=4, history_token_budget=500)
 
@@ -73,14 +78,66 @@ async def sqlite_backend(tmp_path: Path) -> Backend:
     return Backend("sqlite", await connect(RULES), connect, tables, rows_of)
 
 
-BACKENDS = {"sqlite": sqlite_backend}
+@contextlib.asynccontextmanager
+async def postgres_backend(tmp_path: Path) -> AsyncIterator[Backend]:
+    import asyncpg
+
+    async with postgres.fresh_schema() as schema:
+        db = postgres.database_section(schema)
+
+        async def connect(rules: SessionRules) -> Storage:
+            store = await PostgresStorage.open(
+                db["url"], rules, password_env=db["password_env"], schema=schema
+            )
+            await store.migrate()
+            return store
+
+        async def probe() -> Any:
+            return await asyncpg.connect(
+                db["url"],
+                password=os.environ.get(db["password_env"]),
+                server_settings={"search_path": schema},
+            )
+
+        async def tables() -> set[str]:
+            conn = await probe()
+            try:
+                rows = await conn.fetch(
+                    "SELECT table_name FROM information_schema.tables"
+                    " WHERE table_schema = current_schema()"
+                )
+                return {r[0] for r in rows}
+            finally:
+                await conn.close()
+
+        async def rows_of(persona_id: int) -> dict[str, int]:
+            conn = await probe()
+            try:
+                out = {}
+                for table in await tables() - {"schema_migrations"}:
+                    key = PERSONA_KEY.get(table, "persona_id")
+                    sql = f"SELECT COUNT(*) FROM {table} WHERE {key} = $1"
+                    out[table] = int(await conn.fetchval(sql, persona_id))
+                return out
+            finally:
+                await conn.close()
+
+        yield Backend("postgres", await connect(RULES), connect, tables, rows_of)
+
+
+@contextlib.asynccontextmanager
+async def sqlite_backend_cm(tmp_path: Path) -> AsyncIterator[Backend]:
+    yield await sqlite_backend(tmp_path)
+
+
+BACKENDS = {"sqlite": sqlite_backend_cm, "postgres": postgres_backend}
 
 
 @pytest.fixture(params=list(BACKENDS))
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    made = await BACKENDS[request.param](tmp_path)
-    try:
-        yield made
-    finally:
-        for store in [made.storage, *made.opened]:
-            await store.close()
+    async with BACKENDS[request.param](tmp_path) as made:
+        try:
+            yield made
+        finally:
+            for store in [made.storage, *made.opened]:
+                await store.close()

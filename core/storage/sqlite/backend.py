@@ -6,7 +6,9 @@ per-message path is two write transactions (``begin_turn``, ``add_reply``).
 
 from __future__ import annotations
 
+import contextlib
 import time
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from ...edits import Edit
@@ -21,6 +23,7 @@ from ...types import (
     TurnStart,
 )
 from ..base import SessionRules, UpdateOutcome
+from ..shared import IdentityCache, keyset_sql, new_owner, table_key, update_notes, upsert_sql
 from . import persona_queries as pq
 from . import session_queries as sq
 from .connection import Connection
@@ -31,6 +34,7 @@ from .migrations import (
     bundled_migrations,
     check_schema,
 )
+from .person_locks import PersonLocks
 
 ID_CACHE_MAX = 100_000
 
@@ -47,7 +51,10 @@ class SQLiteStorage:
         self.db = db
         self.rules = rules
         self.location = db.path
-        self._ids: dict[tuple[str, str], int] = {}
+        self.worker_id = new_owner()
+        self._ids = IdentityCache(ID_CACHE_MAX)
+        on_disk = db.path != ":memory:" and not db.path.startswith("file:")
+        self._person_locks = PersonLocks(db.path) if on_disk else None
 
     @classmethod
     async def open(
@@ -68,6 +75,8 @@ class SQLiteStorage:
         return cls(db, rules or SessionRules())
 
     async def close(self) -> None:
+        if self._person_locks is not None:
+            self._person_locks.close()
         await self.db.close()
 
     async def migrate(self, migrations: list[Migration] | None = None) -> list[str]:
@@ -85,25 +94,17 @@ class SQLiteStorage:
 
     # -- identities -------------------------------------------------------------------------
 
-    def _remember(self, ident: Identity, persona_id: int) -> None:
-        if len(self._ids) >= ID_CACHE_MAX:
-            self._ids.clear()
-        self._ids[ident.key] = persona_id
+    async def _lookup(self, identity: Identity) -> int | None:
+        return await self.db.read(pq.persona_of, identity)
+
+    async def _create(self, identity: Identity) -> int:
+        return await self.db.write(pq.resolve, identity, time.time())
 
     async def find_persona(self, identity: Identity) -> int | None:
-        found = self._ids.get(identity.key)
-        if found is None:
-            found = await self.db.read(pq.persona_of, identity)
-            if found is not None:
-                self._remember(identity, found)
-        return found
+        return await self._ids.find(identity, self._lookup)
 
     async def resolve_persona(self, identity: Identity) -> int:
-        found = await self.find_persona(identity)
-        if found is None:
-            found = await self.db.write(pq.resolve, identity, time.time())
-            self._remember(identity, found)
-        return found
+        return await self._ids.resolve(identity, self._lookup, self._create)
 
     async def identities(self, persona_id: int) -> list[Identity]:
         return await self.db.read(pq.identities, persona_id)
@@ -133,7 +134,7 @@ class SQLiteStorage:
             now = time.time()
             result = pq.apply_edits(conn, persona_id, edits, schema, source, session_ids or [], now)
             if outcome is not None:
-                notes = (*outcome.notes, *(r.reason for r in result.rejected))
+                notes = update_notes(outcome.notes, result.rejected)
                 sq.finish_update(conn, outcome.update_id, notes, now)
             return result
 
@@ -167,6 +168,11 @@ class SQLiteStorage:
 
     # -- turns and sessions -----------------------------------------------------------------
 
+    def person_lock(self, persona_id: int) -> AbstractAsyncContextManager[None]:
+        if self._person_locks is None:  # in memory: one process only
+            return contextlib.nullcontext()
+        return self._person_locks.hold(persona_id)
+
     async def begin_turn(
         self, persona_id: int, identity: Identity, chat_id: str, text: str, now: float
     ) -> TurnStart | None:
@@ -174,7 +180,7 @@ class SQLiteStorage:
             sq.begin_turn, self.rules, persona_id, identity, chat_id, text, now
         )
         if start is None:
-            self._ids.pop(identity.key, None)  # stale: linked or deleted meanwhile
+            self._ids.drop(identity)  # stale: linked or deleted meanwhile
         return start
 
     async def add_reply(
@@ -216,3 +222,42 @@ class SQLiteStorage:
 
     async def fail_update(self, update_id: int, error: str, max_attempts: int) -> bool:
         return await self.db.write(sq.fail_update, update_id, error, max_attempts, time.time())
+
+    # -- bulk access (aipersona db copy) ----------------------------------------------------
+
+    async def columns(self, table: str) -> list[str]:
+        table_key(table)  # only aipersona's tables
+
+        def read(conn: Any) -> list[str]:
+            return [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
+
+        return await self.db.read(read)
+
+    async def count_rows(self, table: str) -> int:
+        table_key(table)
+
+        def count(conn: Any) -> int:
+            return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+        return await self.db.read(count)
+
+    async def read_rows(
+        self, table: str, columns: list[str], after: tuple[Any, ...] | None, limit: int
+    ) -> list[tuple[Any, ...]]:
+        sql = keyset_sql(table, columns, table_key(table), after=after is not None, dollar=False)
+
+        def read(conn: Any) -> list[tuple[Any, ...]]:
+            return [tuple(r) for r in conn.execute(sql, (*(after or ()), limit))]
+
+        return await self.db.read(read)
+
+    async def write_rows(self, table: str, columns: list[str], rows: list[tuple[Any, ...]]) -> None:
+        sql = upsert_sql(table, columns, table_key(table), dollar=False)
+
+        def write(conn: Any) -> None:
+            conn.executemany(sql, rows)
+
+        await self.db.write(write)
+
+    async def after_bulk_write(self) -> None:
+        self._ids.clear()  # SQLite's integer keys continue from the largest id by themselves

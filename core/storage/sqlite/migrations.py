@@ -1,39 +1,19 @@
-"""SQLite migrations: ``NNNN_name.sql`` files shipped in ``aipersona.migrations``, each applied
-in its own transaction (a failing one is rolled back) and recorded in ``schema_migrations``.
-"""
+"""SQLite migrations (``migrations/sqlite/``): each applied in its own transaction (a failing
+one is rolled back) and recorded in ``schema_migrations``."""
 
 from __future__ import annotations
 
-import re
 import sqlite3
 import time
-from dataclasses import dataclass
-from importlib import resources
 
-from ...errors import DatabaseTooNew, MigrationError, NotAnAipersonaDatabase
-
-_MIGRATION_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
-
-
-@dataclass(frozen=True)
-class Migration:
-    version: int
-    name: str
-    sql: str
+from ...errors import MigrationError
+from .. import migration_files
+from ..migration_files import Migration, check_applied
 
 
 def bundled_migrations() -> list[Migration]:
-    """The ``NNNN_name.sql`` files shipped in ``aipersona.migrations``, in order."""
-    out = []
-    for entry in resources.files("aipersona.migrations").iterdir():
-        m = _MIGRATION_RE.match(entry.name)
-        if m:
-            out.append(Migration(int(m.group(1)), m.group(2), entry.read_text(encoding="utf-8")))
-    out.sort(key=lambda mig: mig.version)
-    versions = [mig.version for mig in out]
-    if len(set(versions)) != len(versions):
-        raise MigrationError(f"duplicate migration numbers: {versions}")
-    return out
+    """The SQLite migrations shipped in ``aipersona.migrations/sqlite``, in order."""
+    return migration_files.bundled_migrations("sqlite")
 
 
 def _is_comment_only(text: str) -> bool:
@@ -61,38 +41,19 @@ def check_schema(
 
     Reads only, so a refused file is left exactly as it was.
     """
-    known = {m.version: m.name for m in migrations or bundled_migrations()}
     tables = {
         r[0]
         for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
         if not r[0].startswith("sqlite_")
     }
-    if not tables:
-        return  # new and empty
-    if "schema_migrations" not in tables:
-        raise NotAnAipersonaDatabase(
-            f"{path} is not an aipersona database (an SQLite database of another program: "
-            "it has no schema_migrations table)"
-        )
-    try:
-        rows = conn.execute("SELECT version, name FROM schema_migrations").fetchall()
-    except sqlite3.Error:
-        raise NotAnAipersonaDatabase(
-            f"{path} is not an aipersona database (its schema_migrations table is not aipersona's)"
-        ) from None
-    applied = {int(r[0]): str(r[1]) for r in rows}
-    newest = max(applied, default=0)
-    if newest > max(known, default=0):
-        raise DatabaseTooNew(
-            f"{path} is at schema version {newest}, newer than this aipersona (which knows "
-            f"up to {max(known, default=0)}); upgrade aipersona to use it"
-        )
-    for version, name in applied.items():
-        if known.get(version) != name:
-            raise NotAnAipersonaDatabase(
-                f"{path} is not an aipersona database (migration {version} is {name!r}, "
-                "not aipersona's)"
-            )
+    applied: dict[int, str] | None = None
+    if "schema_migrations" in tables:
+        try:
+            rows = conn.execute("SELECT version, name FROM schema_migrations").fetchall()
+            applied = {int(r[0]): str(r[1]) for r in rows}
+        except sqlite3.Error:
+            applied = None
+    check_applied(path, tables, applied, migrations or bundled_migrations())
 
 
 def applied_versions(conn: sqlite3.Connection) -> dict[int, str]:

@@ -12,18 +12,7 @@ from ...edits import Change, Edit, plan_changes
 from ...errors import PersonaNotFound
 from ...schema import PersonaSchema
 from ...types import EditResult, HistoryEntry, Identity, Persona
-
-# where each table's rows go in an export (the storage contract tests check that every
-# table of the schema is listed here, so a new table cannot be left out of exports)
-EXPORTED_TABLES = {
-    "personas": "created_at/updated_at",
-    "identities": "identities",
-    "persona_fields": "persona + field_versions",
-    "persona_versions": "history",
-    "sessions": "sessions",
-    "messages": "messages",
-    "persona_updates": "persona_updates",
-}
+from ..shared import export_document
 
 
 def dumps(value: Any) -> str:
@@ -257,58 +246,43 @@ def _rows(conn: sqlite3.Connection, sql: str, persona_id: int) -> list[dict[str,
 
 
 def export(conn: sqlite3.Connection, persona_id: int, now: float) -> dict[str, Any]:
-    """Every row of every table that belongs to the persona (see ``EXPORTED_TABLES``)."""
+    """Every row of every table that belongs to the persona (see ``shared.EXPORTED_TABLES``)."""
     row = conn.execute(
         "SELECT created_at, updated_at FROM personas WHERE id = ?", (persona_id,)
     ).fetchone()
     if row is None:
         raise PersonaNotFound(f"persona {persona_id} does not exist")
-    persona = read_persona(conn, persona_id)
-    updates = _rows(
-        conn,
-        "SELECT id, status, session_ids, attempts, error, created_at, finished_at"
-        " FROM persona_updates WHERE persona_id = ? ORDER BY id",
-        persona_id,
-    )
-    return {
-        "format": "aipersona.export/2",
-        "exported_at": now,
-        "persona_id": persona_id,
-        "created_at": row[0],
-        "updated_at": row[1],
-        "identities": [
-            {
-                "platform": r["platform"],
-                "user_id": r["platform_user_id"],
-                "display_name": r["display_name"],
-                "linked_at": r["linked_at"],
-            }
-            for r in _rows(
-                conn,
-                "SELECT platform, platform_user_id, display_name, linked_at FROM identities"
-                " WHERE persona_id = ? ORDER BY linked_at, rowid",
-                persona_id,
-            )
-        ],
-        "persona": persona.nested(),
-        "field_versions": persona.versions,
-        "history": [h.as_dict() for h in reversed(history(conn, persona_id, None, 2**62))],
-        "sessions": _rows(
+    return export_document(
+        persona=read_persona(conn, persona_id),
+        created_at=row[0],
+        updated_at=row[1],
+        now=now,
+        identities=_rows(
+            conn,
+            "SELECT platform, platform_user_id, display_name, linked_at FROM identities"
+            " WHERE persona_id = ? ORDER BY linked_at, rowid",
+            persona_id,
+        ),
+        history=history(conn, persona_id, None, 2**62),
+        sessions=_rows(
             conn,
             "SELECT id, platform, chat_id, started_at, last_message_at, ended_at, end_reason,"
             " update_id FROM sessions WHERE persona_id = ? ORDER BY id",
             persona_id,
         ),
-        "messages": _rows(
+        messages=_rows(
             conn,
             "SELECT id, session_id, role, content, platform, chat_id, created_at FROM messages"
             " WHERE persona_id = ? ORDER BY id",
             persona_id,
         ),
-        "persona_updates": [
-            {**u, "session_ids": json.loads(u["session_ids"]), "notes": u["error"]} for u in updates
-        ],
-    }
+        updates=_rows(
+            conn,
+            "SELECT id, status, session_ids, attempts, error, created_at, finished_at"
+            " FROM persona_updates WHERE persona_id = ? ORDER BY id",
+            persona_id,
+        ),
+    )
 
 
 def delete(conn: sqlite3.Connection, persona_id: int) -> bool:

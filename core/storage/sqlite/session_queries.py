@@ -17,13 +17,8 @@ from dataclasses import dataclass
 
 from ...types import Identity, PendingUpdate, Transcript, TurnStart
 from ..base import SessionRules
+from ..shared import trim_history
 from . import persona_queries
-
-CHARS_PER_TOKEN = 4  # rough; good enough to bound prompt size without a tokenizer
-
-
-def estimate_tokens(text: str) -> int:
-    return len(text) // CHARS_PER_TOKEN + 4
 
 
 @dataclass
@@ -111,19 +106,7 @@ def history_before(
         " AND role IN ('user', 'assistant') ORDER BY id DESC LIMIT ?",
         (session_id, before_id, rules.history_messages),
     ).fetchall()
-    picked: list[dict[str, str]] = []
-    used = 0
-    for role, content in rows:
-        cost = estimate_tokens(content)
-        if used + cost > rules.history_token_budget:
-            break
-        used += cost
-        picked.append({"role": role, "content": content})
-    picked.reverse()
-    # never open the history with an assistant turn cut from its question
-    while picked and picked[0]["role"] != "user":
-        picked.pop(0)
-    return picked
+    return trim_history(rows, rules)
 
 
 def end_open_session(
@@ -216,19 +199,21 @@ def transcripts(conn: sqlite3.Connection, session_ids: list[int]) -> list[Transc
 
 def pending_updates(conn: sqlite3.Connection, persona_id: int | None) -> list[PendingUpdate]:
     sql = (
-        "SELECT id, persona_id, session_ids, attempts FROM persona_updates WHERE status = 'pending'"
+        "SELECT id, persona_id, session_ids, attempts, claimed_by FROM persona_updates"
+        " WHERE status = 'pending'"
     )
     params: tuple[int, ...] = ()
     if persona_id is not None:
         sql += " AND persona_id = ?"
         params = (persona_id,)
     rows = conn.execute(sql + " ORDER BY id", params).fetchall()
-    return [PendingUpdate(r[0], r[1], json.loads(r[2]), r[3]) for r in rows]
+    return [PendingUpdate(r[0], r[1], json.loads(r[2]), r[3], r[4]) for r in rows]
 
 
 def _owner_is_dead(owner: str) -> bool:
     """A claim made by a process of this host that no longer runs (killed): free to take.
-    Owners are ``host/pid/token``; other hosts' claims are trusted until their lease ends."""
+    Owners are ``host/pid/token`` (``shared.new_owner``); other hosts' claims are trusted
+    until their lease ends."""
     host, _, rest = owner.partition("/")
     pid_text = rest.partition("/")[0]
     if host != socket.gethostname() or not pid_text.isdigit():
@@ -263,7 +248,7 @@ def claim_update(
         "UPDATE persona_updates SET claimed_by = ?, claimed_until = ? WHERE id = ?",
         (owner, now + lease_seconds, update_id),
     )
-    return PendingUpdate(update_id, row[0], json.loads(row[1]), row[2])
+    return PendingUpdate(update_id, row[0], json.loads(row[1]), row[2], owner)
 
 
 def release_updates(conn: sqlite3.Connection, owner: str) -> None:

@@ -12,6 +12,9 @@ uses.  Point discord.py at it with :func:`patched_discord`::
                 await fake.send_message(5001, 42, "hello")
                 sent = await fake.wait_for(lambda: fake.sent_messages(5001))
 
+A worker subprocess (e.g. ``aipersona run``) uses the fake when started with
+``env={**os.environ, **subprocess_env(fake)}`` (a ``sitecustomize`` points its discord.py at it).
+
 Behaviour that mirrors real Discord (and that adapters must cope with):
 
 * the bot's own messages are echoed back as ``MESSAGE_CREATE`` (``echo_bot_messages``);
@@ -42,7 +45,7 @@ from .models import (
     RecordedRequest,
     SentMessage,
 )
-from .patching import patched_discord, running_bot
+from .patching import patched_discord, point_discord_at, running_bot, subprocess_env
 from .server import FakeDiscord
 
 __all__ = [
@@ -59,5 +62,7 @@ __all__ = [
     "RecordedRequest",
     "SentMessage",
     "patched_discord",
+    "point_discord_at",
     "running_bot",
+    "subprocess_env",
 ]
