@@ -31,7 +31,7 @@ from .local_model import MODEL_ALIAS as LOCAL_MODEL_ALIAS
 from .local_model import LocalModelServer
 from .schema import FieldSpec, PersonaSchema, clean_text, flatten, nest
 from .tools import Tool, ToolContext
-from .types import HistoryEntry, Identity, Persona, Reply, ToolResult
+from .types import HistoryEntry, Identity, Persona, Reply, ToolResult, Usage
 
 try:
     __version__ = version("aipersona")
@@ -73,6 +73,7 @@ __all__ = [
     "Tool",
     "ToolContext",
     "ToolResult",
+    "Usage",
     "__version__",
     "build_system_prompt",
     "clean_text",

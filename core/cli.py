@@ -100,6 +100,8 @@ async def _persona_action(core: PersonaCore, ident: Identity, args: argparse.Nam
             print(json.dumps(persona.nested(), ensure_ascii=False, indent=2))
         else:
             print(format_persona(persona.nested()))
+            if not persona.learning:
+                print("(learning is off for this user: /learning on turns it back on)")
     elif action == "export":
         data = await core.export(ident)
         if data is None:
@@ -155,7 +157,7 @@ async def _link(args: argparse.Namespace) -> int:
 
 async def _migrate(args: argparse.Namespace) -> int:
     cfg = load_config(args)
-    storage = await open_storage(cfg.database, SessionRules())
+    storage = await open_storage(cfg.database, SessionRules(), verify_key=False)
     try:
         applied = await storage.migrate()
         at = await storage.schema_version()
@@ -198,9 +200,13 @@ async def _db_copy(args: argparse.Namespace) -> int:
     if args.source == args.target:
         raise CliError("--from and --to are the same store")
     rules = SessionRules()
-    source = await open_storage(_store_settings(args.source, args.from_password_env), rules)
+    source = await open_storage(
+        _store_settings(args.source, args.from_password_env), rules, verify_key=False
+    )
     try:
-        target = await open_storage(_store_settings(args.target, args.to_password_env), rules)
+        target = await open_storage(
+            _store_settings(args.target, args.to_password_env), rules, verify_key=False
+        )
         try:
             await source.migrate()
             await target.migrate()

@@ -99,6 +99,35 @@ class ChatSettings(_Section):
     apology: str = "Sorry, I can't answer right now. Your message is saved; please try again."
 
 
+DEFAULT_NOTICE = (
+    "Hi! I learn about you from our chats (a persona) to personalize my answers. "
+    "/persona shows what I know, /forget deletes it, and /learning off stops me learning."
+)
+
+
+class PrivacySettings(_Section):
+    # message texts are deleted this many days after the persona update that learned from
+    # them (0: right after that update); sessions not learned from yet are kept
+    keep_messages_days: int = Field(90, ge=0)
+    # the environment variable with the 32-byte master key (base64): persona values,
+    # versions, evidence and messages are then encrypted at rest (empty: off)
+    encryption_key_env: str = ""
+    # sent once, on a user's first message (empty: none)
+    notice: str = DEFAULT_NOTICE
+    purge_every_minutes: float = Field(10.0, gt=0)
+
+
+class LimitSettings(_Section):
+    # tokens the endpoint reports (prompt + completion), per UTC day; 0 means unlimited.
+    # A user's optimizer calls count toward their own budget.
+    tokens_per_user_per_day: int = Field(0, ge=0)
+    tokens_per_chat_per_day: int = Field(0, ge=0)
+    budget_message: str = (
+        "I've reached today's limit for our chats, so I can't answer until tomorrow (UTC). "
+        "Your message is saved."
+    )
+
+
 class ToolSettings(_Section):
     enabled: bool = True
     max_rounds: int = Field(4, ge=1, le=20)
@@ -161,6 +190,8 @@ class Config(_Section):
     persona: PersonaSettings = PersonaSettings()
     sessions: SessionSettings = SessionSettings()
     chat: ChatSettings = ChatSettings()
+    privacy: PrivacySettings = PrivacySettings()
+    limits: LimitSettings = LimitSettings()
     tools: ToolSettings = ToolSettings()
     plugins: PluginSettings = PluginSettings()
     logging: dict[str, Any] = {}

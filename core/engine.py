@@ -9,8 +9,10 @@ moving rooms: ``turn`` (a chat turn), ``learning`` (persona updates and idle ses
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import logging
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,12 +30,14 @@ from .local_model import MODEL_ALIAS, LocalModelServer
 from .locks import PersonLock
 from .optimizer import PersonaOptimizer
 from .schema import FieldSpec, PersonaSchema
-from .storage import SessionRules, Storage, open_storage
+from .storage import SessionRules, Storage, keyring_for, open_storage
 from .tools import Tool, ToolExecutor, builtin_tools
 from .turn import OnDelta, TurnRunner
-from .types import HistoryEntry, Identity, Persona, Reply
+from .types import EditResult, HistoryEntry, Identity, Persona, Reply, Usage
 
 log = logging.getLogger(__name__)
+
+MAX_ROW_ID = 2**63 - 1  # the largest id (and count) SQL databases store: larger is unknown
 
 _frozen = False
 
@@ -111,7 +115,7 @@ class PersonaCore:
             history_messages=cfg.sessions.history_messages,
             history_token_budget=cfg.sessions.history_token_budget,
         )
-        self._storage = await open_storage(cfg.database, rules)
+        self._storage = await open_storage(cfg.database, rules, keyring_for(cfg.privacy))
         self.locks = PersonLock(self._storage.person_lock)
         try:
             await self._storage.migrate()
@@ -170,6 +174,9 @@ class PersonaCore:
             lease_seconds=cfg.persona.update_lease_seconds,
             sweep_seconds=cfg.sessions.sweep_seconds,
             recheck_seconds=cfg.persona.update_recheck_seconds,
+            tokens_per_user_per_day=cfg.limits.tokens_per_user_per_day,
+            keep_messages_seconds=cfg.privacy.keep_messages_days * 86_400,
+            purge_every_seconds=cfg.privacy.purge_every_minutes * 60,
         )
         self.turns = TurnRunner(
             storage,
@@ -180,6 +187,8 @@ class PersonaCore:
             self.locks,
             chat=cfg.chat,
             max_input_chars=cfg.sessions.max_input_chars,
+            limits=cfg.limits,
+            notice=cfg.privacy.notice,
         )
 
     async def _make_llm(self) -> LLMClient:
@@ -363,8 +372,14 @@ class PersonaCore:
                 return None
 
     async def history(
-        self, identity: Identity, field_name: str | None = None, *, limit: int = 200
+        self,
+        identity: Identity,
+        field_name: str | None = None,
+        *,
+        limit: int = 200,
+        offset: int = 0,
     ) -> list[HistoryEntry]:
+        """The person's versions, newest first (``offset``: skip that many, for pages)."""
         persona_id = await self.storage.find_persona(identity)
         if persona_id is None:
             return []
@@ -373,20 +388,90 @@ class PersonaCore:
                 field_name = self.schema.get(field_name).name
             except FieldValidationError:
                 pass  # a field no longer in the schema still has its history
-        return await self.storage.history(persona_id, field=field_name, limit=limit)
+        limit, offset = min(max(limit, 0), MAX_ROW_ID), min(max(offset, 0), MAX_ROW_ID)
+        return await self.storage.history(persona_id, field=field_name, limit=limit, offset=offset)
+
+    async def undo(self, identity: Identity, version_id: int | None = None) -> list[Change]:
+        """Revert the person's newest version, or ``version_id``: its field goes back to its
+        value before, as a new version by the user (so the undo can be undone). Nothing to
+        undo: []. PersonaNotFound if ``version_id`` is not one of this person's versions."""
+        persona_id = await self.storage.find_persona(identity)
+        unknown = version_id is not None and not 0 < version_id <= MAX_ROW_ID
+        if persona_id is None or unknown:
+            if version_id is not None:
+                raise PersonaNotFound(f"no history entry {version_id} for this user")
+            return []
+        async with self.locks.hold(persona_id):
+            result = await self.storage.undo(persona_id, version_id)
+        return await self._changed(result, "user")
+
+    async def correct(self, identity: Identity, field_name: str, value: str) -> list[Change]:
+        """Set a field to the user's own value (a list field takes items separated by commas),
+        validated like any edit. The optimizer and the persona tools leave a value the user
+        set alone until the user changes or forgets it. FieldValidationError with the reason
+        for an unknown field or a bad value."""
+        spec = self.schema.get(field_name)
+        raw: Any = value.strip()
+        if spec.type == "string_list":
+            raw = [item.strip() for item in re.split(r"[,;]", raw) if item.strip()]
+        edit = Edit(spec.name, "set", raw, "corrected by the user")
+        persona_id = await self.storage.resolve_persona(identity)
+        async with self.locks.hold(persona_id):
+            result = await self.editor.apply(persona_id, [edit], source="user")
+        if result.rejected:
+            raise FieldValidationError(result.rejected[0].reason)
+        return result.changes
+
+    async def set_learning(self, identity: Identity, on: bool) -> bool:
+        """Switch learning for the person: while off, the optimizer and the persona tools
+        change nothing and no optimizer call is made for them. True if it changed."""
+        persona_id = await self.storage.resolve_persona(identity)
+        async with self.locks.hold(persona_id):
+            return await self.storage.set_learning(persona_id, on)
+
+    async def usage(self, identity: Identity, chat_id: str) -> Usage:
+        """The person's tokens today and this month (UTC), the chat's today, and the
+        budgets."""
+        limits = self.config.limits
+        persona_id = await self.storage.find_persona(identity)
+        used = Usage()
+        if persona_id is not None:
+            used = await self.storage.usage(
+                persona_id, identity.platform, str(chat_id), time.time()
+            )
+        return dataclasses.replace(
+            used,
+            user_limit=limits.tokens_per_user_per_day,
+            chat_limit=limits.tokens_per_chat_per_day,
+        )
+
+    async def usage_report(self, since: float) -> list[dict[str, Any]]:
+        """Token usage per person, chat, UTC day and role since ``since`` (operators)."""
+        return await self.storage.usage_report(since)
+
+    async def purge_expired_messages(self, now: float | None = None) -> int:
+        """Delete the message texts learned from more than ``[privacy] keep_messages_days``
+        before ``now``; return how many. The sweeper does this on its own."""
+        return await self.learning.purge_expired_messages(now)
 
     async def rollback(self, identity: Identity, version_id: int) -> list[Change]:
         persona_id = await self.storage.find_persona(identity)
         if persona_id is None:
             raise PersonaNotFound(f"no persona for {identity.platform}:{identity.user_id}")
+        if not 0 < version_id <= MAX_ROW_ID:
+            raise PersonaNotFound(f"no history entry {version_id} for this user")
         async with self.locks.hold(persona_id):
             result = await self.storage.rollback(persona_id, version_id)
+        return await self._changed(result, "rollback")
+
+    async def _changed(self, result: EditResult, source: str) -> list[Change]:
+        """Tell plugins about a change made outside the editor (rollback, undo)."""
         if result.changes:
             await self.hooks.notify(
                 "aipersona_after_persona_update",
                 persona=result.persona,
                 changes=result.changes,
-                source="rollback",
+                source=source,
             )
         return result.changes
 

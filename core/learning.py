@@ -5,6 +5,11 @@ the session). Here each persona gets at most one task at a time that runs its pe
 updates oldest first: claim (a lease, so another process on the same store does not run it
 too), propose (one optimizer call, no lock held), apply (under the persona lock, atomically
 with marking the update done). Every failed attempt counts; see ``_attempt``.
+
+A person whose learning is off gets no optimizer call: their updates are marked done with a
+note. A person over their daily token budget waits: their updates stay pending (no attempt
+counted) until the next UTC day. Message texts are purged ``keep_messages_days`` after the
+update that learned from them (the sweeper does it; right after the update for 0 days).
 """
 
 from __future__ import annotations
@@ -21,13 +26,14 @@ from .errors import LLMError, PersonaNotFound
 from .hooks import Hooks
 from .locks import PersonLock
 from .optimizer import PersonaOptimizer
-from .storage import Storage, UpdateOutcome
+from .storage import Storage, Tokens, UpdateOutcome
 from .tools import ToolContext
 from .types import Identity, PendingUpdate
 
 log = logging.getLogger(__name__)
 
 SWEEP_BATCH = 100
+LEARNING_OFF_NOTE = "learning is off for this user: no optimizer call"
 
 
 class LearningLoop:
@@ -43,6 +49,9 @@ class LearningLoop:
         lease_seconds: float,
         sweep_seconds: float,
         recheck_seconds: float = 15.0,
+        tokens_per_user_per_day: int = 0,
+        keep_messages_seconds: float | None = None,
+        purge_every_seconds: float = 600.0,
     ) -> None:
         self.storage = storage
         self.optimizer = optimizer
@@ -53,6 +62,10 @@ class LearningLoop:
         self.lease_seconds = lease_seconds
         self.sweep_seconds = sweep_seconds
         self.recheck_seconds = recheck_seconds
+        self.budget = tokens_per_user_per_day
+        self.keep_messages_seconds = keep_messages_seconds
+        self.purge_every_seconds = purge_every_seconds
+        self._purged_at = 0.0
         # who holds a claim: storage names its workers (and can tell when one is gone)
         self.owner = storage.worker_id
         self._tasks: dict[int, asyncio.Task[None]] = {}
@@ -126,8 +139,18 @@ class LearningLoop:
         in their own tasks, so one persona's bad update never holds up another's.
         """
         for update in await self.storage.pending_updates(persona_id):
+            if await self.over_budget(persona_id):
+                log.info("persona %s is over its token budget: updates wait", persona_id)
+                return
             if await self.run_update(update) is None:  # still pending: keep the order
                 return
+
+    async def over_budget(self, persona_id: int) -> bool:
+        """True if the person used up ``tokens_per_user_per_day`` today (UTC)."""
+        if self.budget <= 0:
+            return False
+        used = await self.storage.usage(persona_id, "", "", time.time())
+        return used.today >= self.budget
 
     async def run_update(self, update: PendingUpdate) -> list[Change] | None:
         """Claim and attempt one update; the changes made, or None if it is still pending
@@ -147,10 +170,19 @@ class LearningLoop:
         (shutdown, forget-all) passes through; the claim is then released or runs out.
         """
         try:
-            transcripts = await self.storage.transcripts(update.session_ids)
             persona = await self.storage.load_persona(update.persona_id)
+            if not persona.learning:
+                await self.storage.finish_update(update.id, (LEARNING_OFF_NOTE,))
+                await self._purge_now()
+                return []
+            transcripts = await self.storage.transcripts(update.persona_id, update.session_ids)
             result = await self.optimizer.propose(persona.nested(), transcripts)
-            outcome = UpdateOutcome(update.id, tuple(r.reason for r in result.rejected))
+            used = result.completion
+            outcome = UpdateOutcome(
+                update.id,
+                tuple(r.reason for r in result.rejected),
+                None if used is None else Tokens(used.prompt_tokens, used.completion_tokens),
+            )
             async with self.locks.hold(update.persona_id):
                 # the before-hook sees the persona the edits were proposed for; storage
                 # applies them to the values it reads in its own transaction
@@ -175,10 +207,13 @@ class LearningLoop:
             update.session_ids,
             len(edited.changes),
         )
+        await self._purge_now()
         return edited.changes
 
     async def _failed(self, update: PendingUpdate, error: str) -> list[Change] | None:
         final = await self.storage.fail_update(update.id, error, self.max_attempts)
+        if final:
+            await self._purge_now()
         log.warning(
             "persona update %s failed (attempt %d%s): %s",
             update.id,
@@ -240,6 +275,28 @@ class LearningLoop:
             except Exception:
                 log.exception("re-checking pending persona updates failed")
 
+    # -- retention ----------------------------------------------------------------------------
+
+    async def purge_expired_messages(self, now: float | None = None) -> int:
+        """Delete the message texts learned from more than ``keep_messages_days`` ago (as
+        of ``now``); return how many."""
+        if self.keep_messages_seconds is None:
+            return 0
+        now = time.time() if now is None else now
+        self._purged_at = now
+        purged = await self.storage.purge_messages(now - self.keep_messages_seconds)
+        if purged:
+            log.info("retention: deleted %d message text(s)", purged)
+        return purged
+
+    async def _purge_now(self) -> None:
+        """With ``keep_messages_days = 0``: the texts go right after the update."""
+        if self.keep_messages_seconds == 0:
+            try:
+                await self.purge_expired_messages()
+            except Exception:
+                log.exception("retention: deleting learned message texts failed")
+
     async def _sweep_loop(self) -> None:
         while True:
             await asyncio.sleep(self.sweep_seconds)
@@ -247,3 +304,8 @@ class LearningLoop:
                 await self.sweep_idle_sessions()
             except Exception:
                 log.exception("idle-session sweep failed")
+            if time.time() - self._purged_at >= self.purge_every_seconds:
+                try:
+                    await self.purge_expired_messages()
+                except Exception:
+                    log.exception("retention: deleting expired message texts failed")

@@ -37,6 +37,17 @@ class Completion:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    usage_estimated: bool = False  # the endpoint reported no usage: counted as chars / 4
+
+    def estimate_missing_usage(self, messages: list[dict[str, Any]]) -> None:
+        """Without the endpoint's usage (some servers send none when streaming), budgets
+        still count: about 4 characters per token."""
+        if self.prompt_tokens or self.completion_tokens:
+            return
+        sent = sum(len(str(m.get("content") or "")) for m in messages)
+        made = len(self.content) + sum(len(t.arguments) for t in self.tool_calls)
+        self.prompt_tokens, self.completion_tokens = sent // 4 + 1, made // 4 + 1
+        self.usage_estimated = True
 
     def assistant_message(self) -> dict[str, Any]:
         """The reply as a message to put back into the conversation."""
@@ -224,9 +235,11 @@ class LLMClient:
         except (ValueError, TypeError, RecursionError) as exc:  # a 2xx body that is not JSON
             raise LLMError(MALFORMED_REPLY) from exc
         try:
-            return _parse_completion(resp)
+            out = _parse_completion(resp)
         except (AttributeError, TypeError, ValueError, IndexError, KeyError, RecursionError) as exc:
             raise LLMError(MALFORMED_REPLY) from exc
+        out.estimate_missing_usage(messages)
+        return out
 
     async def stream(
         self,
@@ -242,6 +255,7 @@ class LLMClient:
             messages, tools=tools, model=model, temperature=temperature, max_tokens=max_tokens
         )
         params["stream"] = True
+        params["stream_options"] = {"include_usage": True}  # the usage, in a last chunk
         out = Completion()
         calls: dict[int, dict[str, str]] = {}
         try:
@@ -279,6 +293,7 @@ class LLMClient:
             out.tool_calls.append(
                 ToolCall(slot["id"] or f"call_{index}", slot["name"], slot["arguments"] or "{}")
             )
+        out.estimate_missing_usage(messages)
         yield StreamEvent(completion=out)
 
     async def complete_json(

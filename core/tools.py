@@ -16,6 +16,7 @@ from typing import Any
 
 from . import bounded_json
 from .edits import Change, Edit, Rejected
+from .errors import FieldValidationError
 from .hooks import HookFailed, Hooks
 from .schema import PersonaSchema
 from .types import Identity, Persona, ToolResult
@@ -138,6 +139,9 @@ class ToolExecutor:
                 result.error = f"tool {name} refused: {exc}"
             except TimeoutError:
                 result.error = f"tool {name} timed out"
+            except FieldValidationError as exc:  # a refused edit: expected, told to the model
+                log.info("tool %s refused: %s", name, exc)
+                result.error = f"tool {name} refused: {exc}"
             except TypeError as exc:
                 result.error = f"bad arguments for {name}: {exc}"
             except Exception as exc:
@@ -182,7 +186,7 @@ async def _update_field(
     edit = Edit.from_json({"field": field, "op": op, "value": value, "evidence": evidence})
     changes, rejected = await ctx.apply_edits([edit], "tool")
     if rejected:
-        raise ValueError(rejected[0].reason)
+        raise FieldValidationError(rejected[0].reason)
     if not changes:
         return {"changed": False, "field": field, "note": "value already recorded"}
     ch = changes[0]
@@ -195,7 +199,7 @@ async def _forget_field(ctx: ToolContext, field: str) -> dict[str, Any]:
         [Edit(field, "delete", None, "user asked to forget")], "tool"
     )
     if rejected:
-        raise ValueError(rejected[0].reason)
+        raise FieldValidationError(rejected[0].reason)
     return {"forgotten": bool(changes), "field": field}
 
 

@@ -1,9 +1,9 @@
 """The chat turn: one user message in, one reply out.
 
 check the text -> resolve the person -> (their lock) storage stores the message and returns
-the persona and history -> hooks -> the chatbot answers (tools, streaming) -> storage stores
-the reply. The user's message is stored before the model is called, so a failing model
-loses nothing.
+the persona and history -> the token budgets -> hooks -> the chatbot answers (tools,
+streaming) -> storage stores the reply and the tokens it cost. The user's message is stored
+before the model is called, so a failing model, or a spent budget, loses nothing.
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ import time
 from collections.abc import Awaitable, Callable
 
 from .chatbot import Chatbot, TurnResult
-from .config import ChatSettings
+from .config import ChatSettings, LimitSettings
 from .editing import PersonaEditor
 from .errors import LLMError, PersonaNotFound
 from .hooks import Hooks
 from .learning import LearningLoop
 from .locks import PersonLock
 from .schema import clean_text
-from .storage import Storage
+from .storage import Storage, Tokens
 from .types import Identity, Reply, TurnStart
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,8 @@ class TurnRunner:
         *,
         chat: ChatSettings,
         max_input_chars: int,
+        limits: LimitSettings | None = None,
+        notice: str = "",
     ) -> None:
         self.storage = storage
         self.chatbot = chatbot
@@ -56,6 +58,8 @@ class TurnRunner:
         self.locks = locks
         self.chat = chat
         self.max_input_chars = max_input_chars
+        self.limits = limits or LimitSettings()
+        self.notice = notice.strip()
 
     def checked(self, text: str) -> tuple[str, Reply | None]:
         """The cleaned text, or the reply to a message that cannot be taken (empty or too
@@ -98,6 +102,10 @@ class TurnRunner:
         context = self.editor.context(start.persona_id, identity, chat_id, start.session_id)
         if start.ended_sessions:  # the previous session went idle: it ends now
             await self.learning.sessions_ended(context, start.ended_sessions, "idle")
+        notice = self.notice if start.first_contact and self.notice else None
+        if await self._over_budget(start.persona_id, identity.platform, chat_id):
+            text = self.limits.budget_message
+            return Reply(text, False, "budget", start.persona_id, start.session_id, notice=notice)
         hooks = self.hooks
         if hooks.has("aipersona_message_received"):
             await hooks.notify("aipersona_message_received", context=context, text=text)
@@ -113,7 +121,7 @@ class TurnRunner:
         messages = self.chatbot.messages(
             self.chat.system_prompt, start.persona, sections, start.history, text
         )
-        reply = Reply("", persona_id=start.persona_id, session_id=start.session_id)
+        reply = Reply("", persona_id=start.persona_id, session_id=start.session_id, notice=notice)
         turn = TurnResult("")
         try:
             if on_delta is None:
@@ -128,7 +136,20 @@ class TurnRunner:
         reply.text = turn.text.strip() or "…"
         reply.tool_results = turn.tool_results
         reply.prompt_tokens, reply.completion_tokens = turn.prompt_tokens, turn.completion_tokens
+        tokens = Tokens(turn.prompt_tokens, turn.completion_tokens)
         await self.storage.add_reply(
-            start.persona_id, identity.platform, chat_id, reply.text, time.time()
+            start.persona_id, identity.platform, chat_id, reply.text, time.time(), tokens
         )
         return reply
+
+    async def _over_budget(self, persona_id: int, platform: str, chat_id: str) -> bool:
+        """True if the person's or the chat's tokens today reached its budget (one read, only
+        when a budget is set)."""
+        per_user, per_chat = (
+            self.limits.tokens_per_user_per_day,
+            self.limits.tokens_per_chat_per_day,
+        )
+        if per_user <= 0 and per_chat <= 0:
+            return False
+        used = await self.storage.usage(persona_id, platform, chat_id, time.time())
+        return (0 < per_user <= used.today) or (0 < per_chat <= used.chat_today)

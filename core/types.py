@@ -42,6 +42,13 @@ class Persona:
     id: int
     values: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, int] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)  # who set each current value
+    learning: bool = True  # False: the optimizer and the persona tools change nothing
+
+    def set_by_user(self, name: str) -> bool:
+        """The user set this field's current value (``/correct``, an undo): the optimizer
+        and the persona tools leave it alone until the user changes or forgets it."""
+        return self.sources.get(name) == "user"
 
     def nested(self) -> dict[str, dict[str, Any]]:
         return nest(self.values)
@@ -75,12 +82,15 @@ class Reply:
 
     text: str
     ok: bool = True
-    error: str | None = None  # "too_long", "empty", "llm_unavailable"
+    error: str | None = None  # "too_long", "empty", "llm_unavailable", "budget"
     persona_id: int | None = None
     session_id: int | None = None
     tool_results: list[ToolResult] = field(default_factory=list)
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # the privacy notice (``[privacy] notice``), set on the person's first message only:
+    # the adapter shows it once, with the reply
+    notice: str | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +125,7 @@ class TurnStart:
     ended_sessions: list[int]
     persona: Persona
     history: list[dict[str, str]]
+    first_contact: bool = False  # the person's first message: the privacy notice is due
 
 
 @dataclass
@@ -124,6 +135,17 @@ class EditResult:
     changes: list[Change]
     rejected: list[Rejected]
     persona: Persona
+
+
+@dataclass
+class Usage:
+    """Tokens the endpoint reported for one person."""
+
+    today: int = 0
+    month: int = 0
+    chat_today: int = 0  # in the chat the person is talking in (all its people)
+    user_limit: int = 0  # ``[limits] tokens_per_user_per_day`` (0: unlimited)
+    chat_limit: int = 0  # ``[limits] tokens_per_chat_per_day`` (0: unlimited)
 
 
 @dataclass

@@ -19,6 +19,7 @@ from aipersona.adapters.kit import (
     Gate,
     Incoming,
     Pause,
+    command_line,
     installed_adapters,
     texts,
 )
@@ -123,14 +124,38 @@ async def test_commands_are_parsed_from_the_table(core: PersonaCore) -> None:
     parsed = bridge.command("/FORGET  Demographics.Age ")
     assert parsed is not None and parsed[0].name == "forget" and parsed[1] == "Demographics.Age"
     assert bridge.command("/nosuch thing") is None and bridge.command("forget all") is None
+    assert bridge.command("/") is None and bridge.command("/ forget all") is None
+    parsed = bridge.command("/correct\tDemographics.Hobbies  chess,\nGo ")
+    assert parsed is not None and parsed[0].name == "correct"
+    assert parsed[1] == "Demographics.Hobbies  chess,\nGo"  # the rest of the line, as typed
     assert [line.split(" - ")[0].strip() for line in bridge.help_text().splitlines()[3:]] == [
-        f"/{spec.name}" + (f" {spec.argument.placeholder}" if spec.argument else "")
-        for spec in COMMANDS
+        "/persona [history [FIELD] [PAGE]]",
+        "/correct FIELD VALUE",
+        "/undo [VERSION]",
+        "/learning [off|on]",
+        "/usage",
+        "/forget FIELD",
+        "/export",
+        "/end",
+        "/help",
     ]
+    assert [spec.name for spec in COMMANDS] == [
+        "persona", "correct", "undo", "learning", "usage", "forget", "export", "end", "help"
+    ]  # fmt: skip
     forget = next(spec for spec in COMMANDS if spec.name == "forget")
-    assert forget.argument is not None and forget.argument.suggest is not None
-    assert forget.argument.suggest(core)[:2] == ["all", "Demographics.Name"]
-    assert all(len(spec.description) <= 100 for spec in COMMANDS)  # Discord's limit
+    [field] = forget.arguments
+    assert field.suggest is not None and field.suggest(core)[:2] == ["all", "Demographics.Name"]
+    correct = next(spec for spec in COMMANDS if spec.name == "correct")
+    assert [a.name for a in correct.arguments] == ["field", "value"]
+    suggest = correct.arguments[0].suggest
+    assert suggest is not None and suggest(core)[0] == "Demographics.Name"  # no "all"
+    for spec in COMMANDS:  # Discord's limits
+        assert len(spec.description) <= 100
+        assert all(len(a.description) <= 100 and a.name.islower() for a in spec.arguments)
+    # a platform with named options gives the kit the same line a user would type
+    assert command_line(["history", "", "2"]) == "history 2"
+    assert command_line(["Demographics.Age ", " 31"]) == "Demographics.Age 31"
+    assert command_line([]) == ""
 
 
 def test_platforms_are_found_by_name_and_validate_their_table() -> None:

@@ -116,3 +116,33 @@ async def test_copy_refuses_a_target_holding_other_data(
     assert await exports_of(other, fake_llm.base_url) == before  # nothing written
     code, _, err = await cli("db", "copy", "--from", str(one), "--to", str(one))
     assert code == 2 and "the same store" in err
+
+
+async def test_an_encrypted_store_copies_as_ciphertext_and_opens_with_its_key(
+    fake_llm: FakeOpenAI, pg_schema: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import base64
+
+    monkeypatch.setenv("AIPERSONA_TEST_COPY_KEY", base64.b64encode(bytes(range(32))).decode())
+    privacy = {"encryption_key_env": "AIPERSONA_TEST_COPY_KEY"}
+    sqlite_db = tmp_path / "bot.db"
+    async with PersonaCore(make_config(sqlite_db, fake_llm.base_url, privacy=privacy)) as core:
+        await fill(core)
+    # the copy needs no key: it moves the sealed texts and the wrapped data keys as they are
+    pg = pg_url(pg_schema)
+    code, _out, err = await cli(
+        "db",
+        "copy",
+        "--from",
+        str(sqlite_db),
+        "--to",
+        pg,
+        "--to-password-env",
+        postgres.PASSWORD_ENV,
+    )
+    assert code == 0, err
+    pg_db = postgres.database_section(pg_schema)
+    async with PersonaCore(make_config(pg_db, fake_llm.base_url, privacy=privacy)) as core:
+        data = await core.export(PEOPLE[3])
+    assert data is not None and data["encryption"]["on"]
+    assert "3 says hello 0 ünïcödé 🎉" in [m["content"] for m in data["messages"]]

@@ -60,6 +60,14 @@ def ident(user_id: int) -> Identity:
 
 
 @pytest.fixture
+async def core(fake_llm: FakeOpenAI, db_path: Path) -> AsyncIterator[PersonaCore]:
+    """The core without the privacy notice (the tests about it turn it on)."""
+    config = make_config(db_path, fake_llm.base_url, privacy={"notice": ""})
+    async with PersonaCore(config) as c:
+        yield c
+
+
+@pytest.fixture
 async def fake() -> AsyncIterator[FakeDiscord]:
     async with FakeDiscord() as fd:
         with patched_discord(fd):
@@ -186,8 +194,8 @@ async def test_forget_suggests_the_field_names(core: PersonaCore, fake: FakeDisc
         forget = bot.get_command("forget")
         assert isinstance(forget, commands.HybridCommand) and forget.app_command is not None
         cog = bot.get_cog("Persona")
-        # discord.py keeps it with the parameter (named "arg" in the code, "field" on Discord)
-        complete = forget.app_command._params["arg"].autocomplete
+        # discord.py keeps it with the parameter (named "a" in the code, "field" on Discord)
+        complete = forget.app_command._params["a"].autocomplete
         assert complete is not None
         choices = await complete(cog, None, "demographics.a")
     assert [c.value for c in choices] == ["Demographics.Age"]

@@ -66,9 +66,10 @@ def tiny_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def known_persona(core: PersonaCore) -> None:
-    await core.edit_persona(
+    await core.edit_persona(  # learned earlier, not set by the user
         ALICE,
         [Edit("Demographics.Name", "set", "Alice"), Edit("Demographics.Age", "set", 30)],
+        source="seed",
     )
 
 
@@ -78,7 +79,7 @@ async def assert_message_kept_persona_untouched(core: PersonaCore, texts: list[s
     data = await core.export(ALICE)
     assert data is not None
     assert [m["content"] for m in data["messages"] if m["role"] == "user"] == texts
-    assert [h["source"] for h in data["history"]] == ["user", "user"]
+    assert [h["source"] for h in data["history"]] == ["seed", "seed"]
 
 
 # -- a failing model endpoint ----------------------------------------------------------------

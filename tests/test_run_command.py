@@ -11,6 +11,7 @@ import pytest
 
 from aipersona.adapters import cli as run_cli
 from aipersona.core import ConfigError, cli
+from aipersona.core.config import DEFAULT_NOTICE
 from tests.fakes.discord import FAKE_TOKEN, FakeDiscord, patched_discord
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.telegram import FakeTelegramAPI
@@ -40,12 +41,16 @@ async def test_run_serves_both_platforms_and_stops_on_sigterm(
             await tg.wait_for(lambda: tg.calls_to("getUpdates"), timeout=15)
             tg.push_message(11, 11, "hello from telegram")
             await dc.send_message(7042, 42, "hello from discord")
-            await tg.wait_for_sent(11, timeout=10)
-            await dc.wait_for(lambda: dc.sent_messages(7042), timeout=10)
+            # the reply, then the privacy notice (the default one: a first contact)
+            await tg.wait_for(lambda: len(tg.sent_texts(11)) >= 2, timeout=10)
+            await dc.wait_for(lambda: len(dc.sent_messages(7042)) >= 2, timeout=10)
             os.kill(os.getpid(), signal.SIGTERM)
             assert await asyncio.wait_for(task, 20) == 0
-    assert tg.sent_texts(11) == ["echo: hello from telegram"]
-    assert [m.content for m in dc.sent_messages(7042)] == ["echo: hello from discord"]
+    assert tg.sent_texts(11) == ["echo: hello from telegram", DEFAULT_NOTICE]
+    assert [m.content for m in dc.sent_messages(7042)] == [
+        "echo: hello from discord",
+        DEFAULT_NOTICE,
+    ]
     users = sorted(r["messages"][-1]["content"] for r in fake_llm.chat_requests())
     assert users == ["hello from discord", "hello from telegram"]
 

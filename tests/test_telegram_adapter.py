@@ -14,6 +14,7 @@ import logging
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,6 +37,7 @@ from aipersona.adapters.telegram import (
 )
 from aipersona.adapters.telegram.flood import leaky_bucket
 from aipersona.core import Config, ConfigError, Edit, Identity, PersonaCore
+from tests.conftest import make_config
 from tests.fakes.openai_server import (
     FakeOpenAI,
     Hang,
@@ -52,8 +54,18 @@ BOB_ID = Identity("telegram", str(BOB))
 
 pytestmark = pytest.mark.timeout(30)
 
+TABLE = [spec.name for spec in COMMANDS]  # the kit's commands, in menu order
+
 
 # ------------------------------------------------------------------ fixtures and helpers
+
+
+@pytest.fixture
+async def core(fake_llm: FakeOpenAI, db_path: Path) -> AsyncIterator[PersonaCore]:
+    """The core without the privacy notice (the tests about it turn it on)."""
+    config = make_config(db_path, fake_llm.base_url, privacy={"notice": ""})
+    async with PersonaCore(config) as c:
+        yield c
 
 
 @pytest.fixture
@@ -581,14 +593,7 @@ async def test_embedded_in_a_host_application(
             await app.updater.stop()
             await app.stop()
     assert not any(texts.INTRO in t for t in shown(tg, ALICE))
-    assert [c["command"] for c in tg.commands["default"]] == [
-        "start",
-        "persona",
-        "forget",
-        "export",
-        "end",
-        "help",
-    ]
+    assert [c["command"] for c in tg.commands["default"]] == ["start", *TABLE]
     assert tg.commands["default"][0]["description"] == "Start the host bot"
 
 
@@ -599,7 +604,8 @@ async def test_setup_commands_keeps_host_commands(tg: FakeTelegramAPI) -> None:
         menu = await setup_commands(app.bot)
         calls = len(tg.calls_to("setMyCommands"))
         await setup_commands(app.bot)  # idempotent: nothing to write
-    assert [c.command for c in menu] == ["help", "start", "persona", "forget", "export", "end"]
+    # the host's own help stays first and ours is not added twice
+    assert [c.command for c in menu] == ["help", "start", *(n for n in TABLE if n != "help")]
     assert tg.commands["default"][0] == {"command": "help", "description": "Host help"}
     assert len(tg.calls_to("setMyCommands")) == calls
 

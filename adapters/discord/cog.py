@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import discord
@@ -33,11 +33,13 @@ from aipersona.adapters.kit import (
     CommandSpec,
     Incoming,
     Usage,
+    command_line,
     texts,
 )
 from aipersona.core import Identity, PersonaCore
 
 from .outlets import ChannelOutlet, CommandOutlet
+from .sending import MESSAGE_LIMIT
 from .settings import DiscordSettings
 
 log = logging.getLogger(__name__)
@@ -56,8 +58,8 @@ def discord_usage(prefix: str) -> Usage:
     """Help lines show both forms: ``/forget FIELD or !forget FIELD``."""
 
     def usage(spec: CommandSpec) -> str:
-        arg = f" {spec.argument.placeholder}" if spec.argument else ""
-        return f"/{spec.name}{arg} or {prefix}{spec.name}{arg}"
+        args = spec.usage_arguments
+        return f"/{spec.name}{args} or {prefix}{spec.name}{args}"
 
     return usage
 
@@ -86,37 +88,83 @@ def _as_method(func: Any, name: str) -> Any:
     return func
 
 
+Callback = Callable[..., Coroutine[Any, Any, None]]
+
+
+def _callback(spec: CommandSpec) -> Callback:
+    """The command's callback: one parameter per argument, the last one keyword-only (the
+    prefix form gives it the rest of the line). discord.py reads the parameters from the
+    signature, so there is one function per number of arguments; the parameters are
+    renamed to the arguments' names for the slash form."""
+    name = spec.name
+
+    async def run(cog: PersonaCog, ctx: commands.Context[Any], *values: str) -> None:
+        await cog.run_command(ctx, name, command_line(values))
+
+    async def none(cog: PersonaCog, ctx: commands.Context[Any]) -> None:
+        await run(cog, ctx)
+
+    async def one(cog: PersonaCog, ctx: commands.Context[Any], *, a: str = "") -> None:
+        await run(cog, ctx, a)
+
+    async def two(cog: PersonaCog, ctx: commands.Context[Any], a: str = "", *, b: str = "") -> None:
+        await run(cog, ctx, a, b)
+
+    async def three(
+        cog: PersonaCog, ctx: commands.Context[Any], a: str = "", b: str = "", *, c: str = ""
+    ) -> None:
+        await run(cog, ctx, a, b, c)
+
+    callbacks: tuple[Callback, ...] = (none, one, two, three)
+    if len(spec.arguments) >= len(callbacks):
+        raise ValueError(f"/{name}: at most {len(callbacks) - 1} arguments on Discord")
+    return _as_method(callbacks[len(spec.arguments)], f"{name}_command")
+
+
+_PARAMETERS = ("a", "b", "c")  # the callbacks' parameters, in order
+
+
 def _hybrid(spec: CommandSpec) -> commands.HybridCommand[Any, ..., None]:
-    """The spec as a hybrid command calling ``PersonaCog.run_command``."""
-    name, argument = spec.name, spec.argument
-    make = commands.hybrid_command(name=name, description=spec.description, help=spec.description)
-    if argument is None:
-
-        async def bare(cog: PersonaCog, ctx: commands.Context[Any]) -> None:
-            await cog.run_command(ctx, name, "")
-
-        return make(_as_method(bare, f"{name}_command"))
-
-    # the prefix form takes the rest of the line; the slash option is named by the spec
-    async def with_arg(cog: PersonaCog, ctx: commands.Context[Any], *, arg: str = "") -> None:
-        await cog.run_command(ctx, name, arg)
-
-    callback = app_commands.rename(arg=argument.name)(
-        app_commands.describe(arg=argument.description)(_as_method(with_arg, f"{name}_command"))
+    """The spec as a hybrid command calling ``PersonaCog.run_command``: one slash option
+    per argument (named, described, with its choices or suggestions); the prefix form
+    takes words, the last argument the rest of the line. Every option may be left out
+    (as every platform lets a user type the command alone): the kit answers how to use
+    the command."""
+    params = dict(zip(_PARAMETERS, spec.arguments, strict=False))
+    callback = _callback(spec)
+    if params:
+        choices = {
+            p: [app_commands.Choice(name=c, value=c) for c in arg.choices]
+            for p, arg in params.items()
+            if arg.choices
+        }
+        if choices:
+            callback = app_commands.choices(**choices)(callback)
+        callback = app_commands.describe(**{p: arg.description for p, arg in params.items()})(
+            callback
+        )
+        callback = app_commands.rename(**{p: arg.name for p, arg in params.items()})(callback)
+    make = commands.hybrid_command(
+        name=spec.name, description=spec.description, help=spec.description
     )
     command: commands.HybridCommand[Any, ..., None] = make(callback)
-    suggest = argument.suggest
-    if suggest is not None:
-
-        async def complete(
-            cog: PersonaCog, interaction: discord.Interaction, current: str
-        ) -> list[app_commands.Choice[str]]:
-            needle = current.casefold()
-            values = [v for v in suggest(cog.core) if needle in v.casefold()]
-            return [app_commands.Choice(name=v, value=v) for v in values[:25]]
-
-        command.autocomplete("arg")(_as_method(complete, f"{name}_complete"))
+    for p, arg in params.items():
+        if arg.suggest is not None:
+            command.autocomplete(p)(_as_method(_completer(arg.suggest), f"{spec.name}_{p}"))
     return command
+
+
+def _completer(
+    suggest: Callable[[PersonaCore], list[str]],
+) -> Callable[..., Coroutine[Any, Any, list[app_commands.Choice[str]]]]:
+    async def complete(
+        cog: PersonaCog, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        needle = current.casefold()
+        values = [v for v in suggest(cog.core) if needle in v.casefold()]
+        return [app_commands.Choice(name=v, value=v) for v in values[:25]]
+
+    return complete
 
 
 for _spec in COMMANDS:
@@ -130,7 +178,7 @@ class PersonaCog(_TableCommands, commands.Cog, name="Persona"):
         self.core = core
         self.settings = settings or DiscordSettings.from_config(core.config)
         usage = discord_usage(self.settings.command_prefix)
-        self.bridge = Bridge(core, self.settings, usage=usage)
+        self.bridge = Bridge(core, self.settings, usage=usage, message_limit=MESSAGE_LIMIT)
         self.bot: commands.Bot | commands.AutoShardedBot | None = None
 
     # -- embedding --------------------------------------------------------------------------
@@ -228,7 +276,8 @@ class PersonaCog(_TableCommands, commands.Cog, name="Persona"):
     # -- commands ---------------------------------------------------------------------------
 
     async def run_command(self, ctx: commands.Context[Any], name: str, arg: str) -> None:
-        """Every command of the table, slash or prefix: translated and run by the kit."""
+        """Every command of the table, slash or prefix: translated and run by the kit
+        (``arg``: the arguments as one line)."""
         if not self._platform_allows(ctx.guild):
             return
         private = ctx.interaction is not None or ctx.guild is None

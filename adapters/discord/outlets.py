@@ -25,6 +25,7 @@ class ChannelOutlet:
 
     def __init__(self, message: discord.Message) -> None:
         self.channel = message.channel
+        self.author = message.author
         self.reference = message if message.guild is not None else None
 
     def chunks(self, text: str, *, formatted: bool) -> list[str]:
@@ -45,6 +46,15 @@ class ChannelOutlet:
 
     def typing(self) -> AbstractAsyncContextManager[None]:
         return typing(self.channel)
+
+    async def send_private(self, text: str) -> bool:
+        """A DM to the author; False if their DMs are closed to the bot."""
+        try:
+            for chunk in chunks_of(text):
+                await self.author.send(chunk, allowed_mentions=NO_MENTIONS)
+        except discord.Forbidden:
+            return False
+        return True
 
 
 def _file(answer: Answer, index: int) -> dict[str, Any]:

@@ -4,10 +4,11 @@ A platform adapter is a translator between its library and this kit: it turns a 
 event into an :class:`Incoming`, hands it to its :class:`Bridge` (``on_message`` or
 ``on_command``) with an outlet (:class:`ReplyOutlet`, :class:`AnswerOutlet`) that posts,
 edits and deletes messages and delivers command answers, renders the command table
-(``COMMANDS``) as the platform's commands, and registers an :class:`AdapterSpec` under the
-entry-point group ``aipersona.adapters``. Everything else (allow-lists, rate limit and its
-notices, the "only text" notice, the commands and their answers, private delivery, every
-sentence, splitting, streaming by edits) is here. The kit imports only ``aipersona.core``.
+(``COMMANDS``, each command with its arguments) as the platform's commands, and registers
+an :class:`AdapterSpec` under the entry-point group ``aipersona.adapters``. Everything
+else (allow-lists, rate limit and its notices, the "only text" notice, the commands and
+their answers, private delivery, the privacy notice, every sentence, splitting, paging,
+streaming by edits) is here. The kit imports only ``aipersona.core``.
 """
 
 from . import texts
@@ -20,6 +21,7 @@ from .commands import (
     CommandCall,
     CommandSpec,
     File,
+    command_line,
     persona_fields,
     slash_usage,
 )
@@ -53,6 +55,7 @@ __all__ = [
     "Runner",
     "Usage",
     "Verdict",
+    "command_line",
     "ids_as_strings",
     "installed_adapters",
     "persona_fields",

@@ -3,10 +3,13 @@
 A message: the gate decides (silence, a notice, or chat) -> the speaker's turn in that chat
 (their messages are answered in order) -> ``PersonaCore.respond`` with "typing…" shown ->
 the reply posted, split, or streamed by edits -> the core's refusals ("too_long",
-"empty") told in the kit's words. A command: the gate (allow-lists, rate limit) -> the
-command's handler -> its answer delivered, privately when it shows persona data and the
-command came from a chat others see. Errors never reach the platform library: failed sends
-are logged, anything else is logged and the user told that something went wrong.
+"empty") told in the kit's words (a spent budget and the model-down apology are the
+core's, shown as they are) -> on a person's first message ever, the privacy notice, after
+the reply (privately when it was said in a group and the platform can). A command: the
+gate (allow-lists, rate limit) -> the command's handler -> its answer delivered, privately
+when it shows persona data and the command came from a chat others see. Errors never
+reach the platform library: failed sends are logged, anything else is logged and the user
+told that something went wrong.
 """
 
 from __future__ import annotations
@@ -36,8 +39,10 @@ Usage = Callable[[CommandSpec], str]
 class Bridge:
     """One platform's kit: its gate, its command table and the turn order of its chats.
 
-    ``usage`` writes a command as the platform's users type it (for the help text), and
-    ``how_to_talk`` is the help's sentence on how to reach the bot.
+    ``usage`` writes a command as the platform's users type it (for the help text),
+    ``how_to_talk`` is the help's sentence on how to reach the bot, and ``message_limit``
+    the platform's longest message (0: none), which a command answer that comes in pages
+    (the persona history) fits in.
     """
 
     def __init__(
@@ -48,6 +53,7 @@ class Bridge:
         commands: Sequence[CommandSpec] = COMMANDS,
         usage: Usage = slash_usage,
         how_to_talk: str = texts.HOW_TO_TALK,
+        message_limit: int = 0,
     ) -> None:
         self.core = core
         self.settings = settings
@@ -56,6 +62,7 @@ class Bridge:
         self._by_name = {spec.name: spec for spec in self.commands}
         self._usage = usage
         self._how_to_talk = how_to_talk
+        self.message_limit = message_limit
         self._turns: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
@@ -95,11 +102,12 @@ class Bridge:
     def command(self, text: str, prefix: str = "/") -> tuple[CommandSpec, str] | None:
         """``/name arg`` as ``(spec, arg)`` if ``name`` is in the table (case-insensitive),
         else None (for platforms without their own command parser)."""
-        if not text.startswith(prefix):
+        body = text[len(prefix) :] if text.startswith(prefix) else ""
+        if not body or body[0].isspace():
             return None
-        head, _, arg = text[len(prefix) :].partition(" ")
-        spec = self._by_name.get(head.strip().lower())
-        return (spec, arg.strip()) if spec is not None else None
+        head, *rest = body.split(maxsplit=1)
+        spec = self._by_name.get(head.lower())
+        return (spec, rest[0].strip() if rest else "") if spec is not None else None
 
     def help_text(self) -> str:
         lines = [(self._usage(spec), spec.description) for spec in self.commands]
@@ -125,6 +133,7 @@ class Bridge:
                 async with typing:
                     reply = await self.core.respond(msg.identity, msg.chat_id, text)
                 await self._post(outlet, self._reply_text(reply, text), formatted=reply.ok)
+                await self._notice(msg, reply, outlet)
             else:
                 stream = EditStream(
                     lambda chunk, i, final: outlet.send(
@@ -145,6 +154,7 @@ class Bridge:
                 if not reply.ok and stream.text.strip():
                     final = f"{stream.text.strip()}\n\n{final}"  # keep the partial answer
                 await stream.finish(final)
+                await self._notice(msg, reply, outlet)
         if not reply.ok:
             log.info("reply to %s not ok (%s)", msg.identity.user_id, reply.error)
 
@@ -155,6 +165,14 @@ class Bridge:
         if reply.error == "empty":
             return texts.EMPTY
         return reply.text
+
+    async def _notice(self, msg: Incoming, reply: Reply, outlet: ReplyOutlet) -> None:
+        """The privacy notice (``[privacy] notice``), on the person's first message only,
+        as plain text: into a group's chat only when it can't be sent privately."""
+        if not reply.notice:
+            return
+        if msg.private or not await outlet.send_private(reply.notice):
+            await self._post(outlet, reply.notice)
 
     async def _post(self, outlet: ReplyOutlet, text: str, *, formatted: bool = False) -> None:
         """Post ``text`` as one or more messages (the first quoting where the platform does)."""
@@ -168,7 +186,9 @@ class Bridge:
         self, spec: CommandSpec, arg: str, msg: Incoming, outlet: AnswerOutlet
     ) -> None:
         await outlet.acknowledge()
-        call = CommandCall(self.core, msg, arg, self.help_text, lambda: self.turn(msg))
+        call = CommandCall(
+            self.core, msg, arg, self.help_text, lambda: self.turn(msg), self.message_limit
+        )
         answer = await spec.handler(call)
         if not answer.private or msg.private:
             await outlet.answer(answer, privately=False)

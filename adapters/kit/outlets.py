@@ -46,6 +46,12 @@ class ReplyOutlet(Protocol):
         """Show that the bot is working while the block runs (never failing the turn)."""
         ...
 
+    async def send_private(self, text: str) -> bool:
+        """Send ``text`` (plain, the kit's own) to the speaker's private chat with the bot;
+        False if the platform can't (the private chat is closed to the bot, or there is
+        none). Used for the privacy notice of a message said in a group."""
+        ...
+
 
 class AnswerOutlet(Protocol):
     """Answering a command."""

@@ -9,6 +9,7 @@ the user as the core returns it.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import UTC, datetime
 
 # -- help -------------------------------------------------------------------------------------
 
@@ -20,7 +21,18 @@ HELP_LINE = "  {usage} - {description}"
 
 # command descriptions: one line each, at most 100 characters (Discord's limit), shown in
 # command menus, slash commands and the help text
-DESCRIBE_PERSONA = "Show what I know about you (sent privately)"
+DESCRIBE_PERSONA = "Show what I know about you, or its history of changes (sent privately)"
+DESCRIBE_PERSONA_SHOW = "'history': the changes to your persona, newest first"
+DESCRIBE_PERSONA_FIELD = "Only the changes of this field (e.g. Demographics.Age)"
+DESCRIBE_PERSONA_PAGE = "Which page of the history (1 is the newest)"
+DESCRIBE_UNDO = "Undo your newest persona change, or the change #VERSION from /persona history"
+DESCRIBE_UNDO_VERSION = "The change's number (#12 in /persona history); empty: the newest"
+DESCRIBE_CORRECT = "Set a field of your persona yourself; I won't overwrite it"
+DESCRIBE_CORRECT_FIELD = "A field such as Demographics.Age"
+DESCRIBE_CORRECT_VALUE = "Its value (a list takes items separated by commas)"
+DESCRIBE_LEARNING = "Turn my learning about you off or on, or see whether it is on"
+DESCRIBE_LEARNING_STATE = "'off' to stop learning about you, 'on' to start again"
+DESCRIBE_USAGE = "How many tokens your chats used today and this month (sent privately)"
 DESCRIBE_FORGET = (
     "Forget one field of your persona (e.g. Demographics.Age), or 'all' to forget everything"
 )
@@ -29,11 +41,73 @@ DESCRIBE_EXPORT = "Get all your data as a JSON file (sent privately)"
 DESCRIBE_END = "End the current conversation session now"
 DESCRIBE_HELP = "What I do and my commands"
 
+# how help texts write a command's arguments: a required one as is, an optional one in
+# brackets; an optional keyword (such as "history") encloses the arguments after it
+OPTIONAL_ARGUMENT = "[{argument}]"
+CHOICES_SEPARATOR = "|"
+
 # -- command answers --------------------------------------------------------------------------
 
 PERSONA_EMPTY = "I don't know anything about you yet."
 PERSONA_HEADING = "What I know about you:"
 PERSONA_LINE = "- {field}: {value}"
+PERSONA_LEARNING_OFF = (
+    "Learning is off: I don't learn anything new about you. /learning on turns it back on."
+)
+PERSONA_USAGE = (
+    "Use /persona to see what I know about you, or /persona history [FIELD] [PAGE] for the changes."
+)
+HISTORY_KEYWORD = "history"  # /persona history: the word (not translated: it is typed)
+HISTORY_HEADING = "Changes to what I know about you, newest first (/undo N reverts change #N):"
+HISTORY_FIELD_HEADING = "Changes of {field}, newest first (/undo N reverts change #N):"
+HISTORY_ENTRY = "#{id} {field}: {old} → {new}"
+HISTORY_BY = "by {who}, {when}"
+HISTORY_PROTECTED = "set by you; I won't overwrite it"
+HISTORY_EVIDENCE = "“{evidence}”"
+HISTORY_EMPTY = "There are no changes to what I know about you yet."
+HISTORY_FIELD_EMPTY = "There are no changes of {field} yet."
+HISTORY_NO_PAGE = "There is no page {page} of your history. /persona history shows the first."
+HISTORY_MORE = "Page {page} — older changes: {command}"
+HISTORY_LAST_PAGE = "Page {page} (the oldest changes)."
+HISTORY_BAD_FIELD = "I can't show that: {reason}. /persona shows the field names."
+HISTORY_COMMAND = "/persona history"
+HISTORY_WHEN = "%Y-%m-%d %H:%M UTC"
+HISTORY_NO_VALUE = "(nothing)"
+# who made a version, by its source; other sources are shown by name (optimizer, tool...)
+SOURCE_NAMES = {"user": "you"}
+UNDO_DONE = "Undone: {field} is {value} again."
+UNDO_CLEARED = "Undone: {field} is empty again."
+UNDO_REDO = "(/undo again reverts this.)"
+UNDO_NOTHING = "Nothing to undo."
+UNDO_UNKNOWN = "There is no change #{version} in your history. /persona history shows them."
+UNDO_BAD_VERSION = (
+    "{version!r} is not a change number: use /undo for the newest change, or /undo 12 for "
+    "change #12 of /persona history."
+)
+CORRECT_USAGE = (
+    "Tell me the field and its value: /correct FIELD VALUE (e.g. /correct Demographics.Age 31; "
+    "a list takes items separated by commas)."
+)
+CORRECTED = "Done: {field} is now {value}. You set it, so I won't overwrite it."
+CORRECT_SAME = "{field} already is {value}."
+CORRECT_BAD = "I can't set that: {reason}. /persona shows the field names."
+LEARNING_IS_ON = "Learning is on: I learn about you from our chats. /learning off stops it."
+LEARNING_IS_OFF = "Learning is off: I don't learn anything new about you. /learning on starts it."
+LEARNING_NOW_OFF = (
+    "Learning is off now: I won't learn anything new about you (what I know stays; /forget "
+    "deletes it). /learning on starts it again."
+)
+LEARNING_NOW_ON = "Learning is on again: I'll learn about you from our chats."
+LEARNING_ALREADY_OFF = "Learning was already off."
+LEARNING_ALREADY_ON = "Learning was already on."
+LEARNING_USAGE = "Use /learning off, /learning on, or /learning to see whether it is on."
+LEARNING_WORDS_OFF = ("off", "no", "false", "0", "stop")  # what /learning takes, typed
+LEARNING_WORDS_ON = ("on", "yes", "true", "1", "start")
+USAGE_HEADING = "Tokens your chats used (UTC days):"
+USAGE_TODAY = "- today: {used:,} tokens of {limit:,}"
+USAGE_TODAY_UNLIMITED = "- today: {used:,} tokens (no daily limit)"
+USAGE_MONTH = "- this month: {used:,} tokens"
+USAGE_CHAT = "- this chat today (everyone in it): {used:,} tokens of {limit:,}"
 FORGET_USAGE = (
     "Tell me what to forget: /forget FIELD (e.g. /forget Demographics.Age) or /forget all."
 )
@@ -89,6 +163,136 @@ def persona_text(fields: list[tuple[str, str]]) -> str:
     if not fields:
         return PERSONA_EMPTY
     return "\n".join([PERSONA_HEADING, *(PERSONA_LINE.format(field=f, value=v) for f, v in fields)])
+
+
+def arguments_usage(arguments: Iterable[tuple[str, bool, tuple[str, ...]]]) -> str:
+    """A command's arguments as help texts write them, from ``(placeholder, required,
+    choices)``: ``FIELD VALUE``, ``[VERSION]``, ``[on|off]``, ``[history [FIELD] [PAGE]]``."""
+    parts: list[str] = []
+    closing = 0
+    for placeholder, required, choices in arguments:
+        shown = CHOICES_SEPARATOR.join(choices) if choices else placeholder
+        if required:
+            parts.append(shown)
+        elif choices:  # an optional keyword: what follows belongs to it
+            parts.append("[" + shown)
+            closing += 1
+        else:
+            parts.append(OPTIONAL_ARGUMENT.format(argument=shown))
+    if parts and closing:
+        parts[-1] += "]" * closing
+    return " ".join(parts)
+
+
+def persona_learning_off(text: str) -> str:
+    """The persona command's answer for a person whose learning is off."""
+    return f"{text}\n\n{PERSONA_LEARNING_OFF}"
+
+
+def shown_value(value: object, limit: int = 0) -> str:
+    """A field's value in an answer (a list as "a, b"; cut to ``limit`` characters if set)."""
+    if value is None:
+        return HISTORY_NO_VALUE
+    text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+    if limit and len(text) > limit:
+        text = text[: limit - 1].rstrip() + "…"
+    return text
+
+
+def history_entry(
+    id: int,
+    field: str,
+    old: str,
+    new: str,
+    source: str,
+    created_at: float,
+    evidence: str,
+    *,
+    protected: bool,
+) -> str:
+    """One version in the history: what changed, who changed it and when, and the quote."""
+    who = SOURCE_NAMES.get(source, source or "?")
+    when = datetime.fromtimestamp(created_at, UTC).strftime(HISTORY_WHEN)
+    by = HISTORY_BY.format(who=who, when=when)
+    if protected:
+        by = f"{by}; {HISTORY_PROTECTED}"
+    lines = [HISTORY_ENTRY.format(id=id, field=field, old=old, new=new), f"  {by}"]
+    if evidence:
+        lines.append("  " + HISTORY_EVIDENCE.format(evidence=evidence))
+    return "\n".join(lines)
+
+
+def history_heading(field: str | None) -> str:
+    return HISTORY_FIELD_HEADING.format(field=field) if field else HISTORY_HEADING
+
+
+def history_empty(field: str | None) -> str:
+    return HISTORY_FIELD_EMPTY.format(field=field) if field else HISTORY_EMPTY
+
+
+def history_no_page(page: object) -> str:
+    return HISTORY_NO_PAGE.format(page=page)
+
+
+def history_footer(page: int, field: str | None, more: bool) -> str:
+    """The line under a page: how to see the next (older) page, or that this is the last."""
+    if more:
+        command = " ".join(x for x in (HISTORY_COMMAND, field or "", str(page + 1)) if x)
+        return HISTORY_MORE.format(page=page, command=command)
+    return HISTORY_LAST_PAGE.format(page=page) if page > 1 else ""
+
+
+def history_bad_field(reason: object) -> str:
+    return HISTORY_BAD_FIELD.format(reason=reason)
+
+
+def undone(field: str, value: object) -> str:
+    done = UNDO_CLEARED if value is None else UNDO_DONE
+    return f"{done.format(field=field, value=shown_value(value))} {UNDO_REDO}"
+
+
+def undo_unknown(version: object) -> str:
+    return UNDO_UNKNOWN.format(version=version)
+
+
+def undo_bad_version(version: str) -> str:
+    return UNDO_BAD_VERSION.format(version=version)
+
+
+def corrected(field: str, value: object) -> str:
+    return CORRECTED.format(field=field, value=shown_value(value))
+
+
+def correct_same(field: str, value: object) -> str:
+    return CORRECT_SAME.format(field=field, value=shown_value(value))
+
+
+def correct_bad(reason: object) -> str:
+    return CORRECT_BAD.format(reason=reason)
+
+
+def learning_status(on: bool) -> str:
+    return LEARNING_IS_ON if on else LEARNING_IS_OFF
+
+
+def learning_switched(on: bool, changed: bool) -> str:
+    if changed:
+        return LEARNING_NOW_ON if on else LEARNING_NOW_OFF
+    return LEARNING_ALREADY_ON if on else LEARNING_ALREADY_OFF
+
+
+def usage_text(today: int, month: int, chat_today: int, user_limit: int, chat_limit: int) -> str:
+    """The usage command's answer: the person's tokens today (against the daily budget) and
+    this month, and the chat's today when the chat has a budget."""
+    lines = [USAGE_HEADING]
+    if user_limit:
+        lines.append(USAGE_TODAY.format(used=today, limit=user_limit))
+    else:
+        lines.append(USAGE_TODAY_UNLIMITED.format(used=today))
+    lines.append(USAGE_MONTH.format(used=month))
+    if chat_limit:
+        lines.append(USAGE_CHAT.format(used=chat_today, limit=chat_limit))
+    return "\n".join(lines)
 
 
 def forgot_field(field: str, changed: bool) -> str:

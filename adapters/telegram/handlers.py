@@ -24,6 +24,7 @@ from telegram.ext import filters as f
 from aipersona.adapters.kit import Bridge, Incoming
 from aipersona.core import Identity, PersonaCore
 
+from .format import TELEGRAM_LIMIT
 from .menu import setup_commands
 from .outlet import ChatOutlet, is_private
 from .settings import TelegramSettings
@@ -47,7 +48,7 @@ class PersonaHandlers:
     def __init__(self, core: PersonaCore, settings: TelegramSettings) -> None:
         self.core = core
         self.settings = settings
-        self.bridge = Bridge(core, settings)
+        self.bridge = Bridge(core, settings, message_limit=TELEGRAM_LIMIT)
 
     def handlers(self, skip: set[str] | frozenset[str] = frozenset()) -> list[BaseHandler]:
         """New messages in private chats and groups; edits, channels and bots are ignored.

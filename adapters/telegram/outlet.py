@@ -69,6 +69,10 @@ class ChatOutlet:
     def typing(self) -> AbstractAsyncContextManager[None]:
         return typing(self.bot, self.target)
 
+    async def send_private(self, text: str) -> bool:
+        """To the user's private chat; False if they never opened one with the bot."""
+        return await self.answer(Answer(text), privately=True)
+
     # -- command answers (kit.AnswerOutlet) -------------------------------------------------
 
     async def acknowledge(self) -> None:

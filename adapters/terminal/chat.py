@@ -79,6 +79,10 @@ class TerminalOutlet:
     def typing(self) -> AbstractAsyncContextManager[None]:
         return contextlib.nullcontext()
 
+    async def send_private(self, text: str) -> bool:
+        self.say(PROMPT + text)  # the terminal is a private chat
+        return True
+
     # -- command answers --------------------------------------------------------------------
 
     async def acknowledge(self) -> None:

@@ -32,7 +32,9 @@ from ..types import (
     Persona,
     Transcript,
     TurnStart,
+    Usage,
 )
+from .crypto import Keyring
 
 
 @dataclass(frozen=True)
@@ -46,11 +48,20 @@ class SessionRules:
 
 
 @dataclass(frozen=True)
+class Tokens:
+    """Tokens one model call used, as the endpoint reported them."""
+
+    prompt: int = 0
+    completion: int = 0
+
+
+@dataclass(frozen=True)
 class UpdateOutcome:
     """Marks a claimed persona update done in the same transaction as its edits."""
 
     update_id: int
     notes: tuple[str, ...] = ()  # why edits were refused (stored with the update)
+    tokens: Tokens | None = None  # the optimizer call's usage, counted for the person
 
 
 class Storage(Protocol):
@@ -106,10 +117,18 @@ class Storage(Protocol):
         """Return one field to its value right after history entry ``version_id`` (a new
         version, source ``rollback``). PersonaNotFound if the entry is not this persona's."""
 
+    async def undo(self, persona_id: int, version_id: int | None = None) -> EditResult:
+        """Revert a version (the newest if None): its field goes back to its value before,
+        as a new version by the user. No change if there is nothing to undo (or the field
+        already has that value); PersonaNotFound if ``version_id`` is not this persona's."""
+
+    async def set_learning(self, persona_id: int, on: bool) -> bool:
+        """Switch the person's learning (``Persona.learning``); True if it changed."""
+
     async def history(
-        self, persona_id: int, *, field: str | None = None, limit: int = 200
+        self, persona_id: int, *, field: str | None = None, limit: int = 200, offset: int = 0
     ) -> list[HistoryEntry]:
-        """Versions, newest first."""
+        """Versions, newest first (``offset``: skip that many, for pages)."""
 
     async def export(self, persona_id: int) -> dict[str, Any]:
         """Everything stored about the person, as JSON-ready data."""
@@ -133,9 +152,16 @@ class Storage(Protocol):
         maps to ``persona_id`` (linked or deleted meanwhile): resolve it again."""
 
     async def add_reply(
-        self, persona_id: int, platform: str, chat_id: str, text: str, now: float
+        self,
+        persona_id: int,
+        platform: str,
+        chat_id: str,
+        text: str,
+        now: float,
+        tokens: Tokens | None = None,
     ) -> int:
-        """Store the assistant's reply in the open session; return the message id."""
+        """Store the assistant's reply in the open session (and the tokens it cost, counted
+        for the person and the chat); return the message id."""
 
     async def end_open_session(
         self, persona_id: int, platform: str, chat_id: str, reason: str, now: float
@@ -148,8 +174,31 @@ class Storage(Protocol):
         return (persona id, session id) pairs. Safe to run in several workers at once: a
         session is ended once."""
 
-    async def transcripts(self, session_ids: list[int]) -> list[Transcript]:
-        """The user and assistant messages of these sessions, in order."""
+    async def transcripts(self, persona_id: int, session_ids: list[int]) -> list[Transcript]:
+        """The user and assistant messages of these sessions of the person, in order."""
+
+    # -- usage and retention ------------------------------------------------------------------
+    async def usage(self, persona_id: int, platform: str, chat_id: str, now: float) -> Usage:
+        """Tokens of the person today and this month (UTC), and of the chat today."""
+
+    async def usage_report(self, since: float) -> list[dict[str, Any]]:
+        """Usage rows per person, chat, UTC day and role from ``since`` on (for operators)."""
+
+    async def purge_messages(self, learned_before: float, *, batch: int = 500) -> int:
+        """Delete the message texts of sessions whose persona update finished at or before
+        ``learned_before`` (sessions not learned from yet are kept), in transactions of
+        ``batch`` updates, leaving them nowhere in the store's files where the backend can
+        promise it; return how many messages."""
+
+    # -- encryption at rest -------------------------------------------------------------------
+    async def rewrap_keys(self, new: Keyring) -> int:
+        """Wrap every person's data key under the ``new`` master key instead of the one the
+        store was opened with, in one transaction; return how many keys. StorageError when
+        the store was opened without a key."""
+
+    async def seal_plaintext(self) -> int:
+        """Encrypt every text written while encryption was off, one person per transaction;
+        return how many texts. StorageError when the store was opened without a key."""
 
     # -- persona updates --------------------------------------------------------------------
     async def pending_updates(self, persona_id: int | None = None) -> list[PendingUpdate]:

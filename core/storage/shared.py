@@ -9,25 +9,46 @@ import json
 import os
 import secrets
 import socket
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
-from ..edits import Rejected
+from ..edits import Change, Edit, Rejected
 from ..types import HistoryEntry, Identity, Persona
 from .base import SessionRules
+from .crypto import PREFIX
 
 CHARS_PER_TOKEN = 4  # rough; good enough to bound prompt size without a tokenizer
 
 # every table, parents before children (the order a copy writes them), with its primary key
 TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("personas", ("id",)),
+    ("persona_keys", ("persona_id",)),
     ("identities", ("platform", "platform_user_id")),
     ("persona_fields", ("persona_id", "field")),
     ("persona_versions", ("id",)),
     ("persona_updates", ("id",)),
     ("sessions", ("id",)),
     ("messages", ("id",)),
+    ("token_usage", ("persona_id", "platform", "chat_id", "day", "role")),
 )
+
+# (table, key column, encrypted columns) of a person's rows: what encryption at rest seals
+SEALED = (
+    ("persona_fields", "field", ("value",)),
+    ("persona_versions", "id", ("old_value", "new_value", "evidence")),
+    ("messages", "id", ("content",)),
+    ("persona_updates", "id", ("error",)),  # notes may quote a refused value
+)
+
+
+def skip_text(value: str | None, plain_only: bool) -> bool:
+    """A text ``convert`` leaves as it is: none, or (``plain_only``) one already sealed."""
+    return value is None or (plain_only and value.startswith(PREFIX))
+
+
+# edits from these sources respect the learning switch and the values a user set
+AUTOMATIC_SOURCES = ("optimizer", "tool")
 
 # where each table's rows go in an export (the storage contract tests check that every
 # table of the schema is listed here, so a new table cannot be left out of exports)
@@ -39,6 +60,8 @@ EXPORTED_TABLES = {
     "sessions": "sessions",
     "messages": "messages",
     "persona_updates": "persona_updates",
+    "token_usage": "token_usage",
+    "persona_keys": "encryption (whether and since when; never the key)",
 }
 
 
@@ -76,10 +99,15 @@ def export_document(
     sessions: list[dict[str, Any]],
     messages: list[dict[str, Any]],
     updates: list[dict[str, Any]],
+    usage: list[dict[str, Any]],
+    encrypted_since: float | None,
+    open_text: Callable[[str | None], str | None] = lambda text: text,
 ) -> dict[str, Any]:
     """The export (format ``aipersona.export/2``) from the rows a backend read."""
     return {
         "format": "aipersona.export/2",
+        "learning": persona.learning,
+        "encryption": {"on": encrypted_since is not None, "since": encrypted_since},
         "exported_at": now,
         "persona_id": persona.id,
         "created_at": created_at,
@@ -99,9 +127,79 @@ def export_document(
         "sessions": sessions,
         "messages": messages,
         "persona_updates": [
-            {**u, "session_ids": json.loads(u["session_ids"]), "notes": u["error"]} for u in updates
+            {
+                **u,
+                "error": open_text(u["error"]),
+                "session_ids": json.loads(u["session_ids"]),
+                "notes": open_text(u["error"]),
+            }
+            for u in updates
         ],
+        "token_usage": usage,
     }
+
+
+def screen(persona: Persona, edits: list[Edit], source: str) -> tuple[list[Edit], list[Rejected]]:
+    """Edits from an automatic source (the optimizer, a persona tool) that may go ahead: none
+    while the person's learning is off; none on a field whose value the user set."""
+    if source not in AUTOMATIC_SOURCES:
+        return edits, []
+    if not persona.learning:
+        return [], [Rejected(e, f"{e.field}: learning is off for this user") for e in edits]
+    kept: list[Edit] = []
+    refused: list[Rejected] = []
+    for edit in edits:
+        name = next((n for n in persona.values if n.casefold() == edit.field.casefold()), None)
+        if name is not None and persona.set_by_user(name):
+            refused.append(Rejected(edit, f"{name}: set by the user"))
+        else:
+            kept.append(edit)
+    return kept, refused
+
+
+def persona_from_rows(
+    persona_id: int,
+    rows: Iterable[Sequence[Any]],
+    open_text: Callable[[str], str],
+    learning: bool = True,
+) -> Persona:
+    """A persona from ``(field, sealed JSON value, version, source)`` rows."""
+    persona = Persona(persona_id, learning=learning)
+    for name, value, version, source in rows:
+        persona.values[name] = json.loads(open_text(value))
+        persona.versions[name] = int(version)
+        persona.sources[name] = source or ""
+    return persona
+
+
+def history_entry(
+    row: Sequence[Any], open_text: Callable[[str | None], str | None]
+) -> HistoryEntry:
+    """A version from ``(id, field, version, op, old, new, source, session_ids, evidence,
+    created_at)`` with its texts opened."""
+    old, new, evidence = (open_text(row[i]) for i in (4, 5, 8))
+    return HistoryEntry(
+        id=row[0],
+        field=row[1],
+        version=row[2],
+        op=row[3],
+        old_value=None if old is None else json.loads(old),
+        new_value=None if new is None else json.loads(new),
+        source=row[6],
+        session_ids=json.loads(row[7]),
+        evidence=evidence or "",
+        created_at=row[9],
+    )
+
+
+def undo_change(persona: Persona, entry: HistoryEntry) -> Change | None:
+    """The change that reverts ``entry`` (its field back to its old value), a version made by
+    the user; None if the field already has that value."""
+    current = persona.values.get(entry.field)
+    if current == entry.old_value:
+        return None
+    op = "undo" if entry.old_value is not None else "delete"
+    return Change(entry.field, op, current, entry.old_value, f"undo of #{entry.id}", "user")
 
 
 class IdentityCache:
@@ -210,3 +308,8 @@ def table_key(table: str) -> tuple[str, ...]:
         if name == table:
             return key
     raise ValueError(f"not an aipersona table: {table}")
+
+
+def utc_day(now: float) -> str:
+    """``YYYY-MM-DD`` of ``now`` in UTC (the day budgets and reports count by)."""
+    return time.strftime("%Y-%m-%d", time.gmtime(now))

@@ -1,10 +1,12 @@
-"""The adapter contract's fixtures: a core with a short input limit, and one driver per
-platform (every scenario runs against each)."""
+"""The adapter contract's fixtures: a core with a short input limit (and no privacy notice,
+unless a scenario's ``core_settings`` say otherwise), and one driver per platform (every
+scenario runs against each)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,8 +30,20 @@ DRIVERS: dict[str, type[Driver]] = {
 
 
 @pytest.fixture
-async def core(fake_llm: FakeOpenAI, db_path: Path) -> AsyncIterator[PersonaCore]:
-    config = make_config(db_path, fake_llm.base_url, sessions={"max_input_chars": INPUT_LIMIT})
+def core_settings() -> dict[str, dict[str, Any]]:
+    """Config tables of the contract's core over its defaults. Without the privacy notice:
+    a scenario that is about it (or about other settings) parametrizes its own."""
+    return {"privacy": {"notice": ""}}
+
+
+@pytest.fixture
+async def core(
+    fake_llm: FakeOpenAI, db_path: Path, core_settings: dict[str, dict[str, Any]]
+) -> AsyncIterator[PersonaCore]:
+    tables: dict[str, dict[str, Any]] = {"sessions": {"max_input_chars": INPUT_LIMIT}}
+    for name, values in core_settings.items():
+        tables.setdefault(name, {}).update(values)
+    config = make_config(db_path, fake_llm.base_url, **tables)
     async with PersonaCore(config) as c:
         yield c
 

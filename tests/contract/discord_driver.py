@@ -36,6 +36,11 @@ class DiscordDriver(Driver):
     async def open(cls, core: Any, llm: Any, **fixtures: Any) -> AsyncIterator[Any]:
         driver = cls(core, llm)
         async with FakeDiscord() as driver.fake:
+            # each user's DM channel exists from the start, under its known id: a DM the bot
+            # opens first (the privacy notice of a guild message) lands where ``private``
+            # looks, not in a channel of a new id
+            for user, user_id in USERS.items():
+                driver.fake._ensure_dm(user_id, DMS[user])
             with patched_discord(driver.fake):
                 yield driver
 
@@ -75,10 +80,10 @@ class DiscordDriver(Driver):
         )
 
     async def command(self, user: str, name: str, arg: str = "", *, group: bool = False) -> None:
-        argument = next(spec.argument for spec in COMMANDS if spec.name == name)
-        options = {argument.name: arg} if arg and argument is not None else None
         where: dict[str, Any] = {"guild_id": GUILD} if group else {"channel_id": DMS[user]}
-        await self.fake.send_interaction(name, USERS[user], options=options, **where)
+        await self.fake.send_interaction(
+            name, USERS[user], options=slash_options(name, arg), **where
+        )
 
     def _dm(self, user: str) -> list[SentMessage]:
         return [m for m in self.fake.sent_messages(DMS[user]) if not m.deleted]
@@ -118,3 +123,25 @@ class DiscordDriver(Driver):
 def _user_of(interaction: dict[str, Any]) -> int:
     user = interaction.get("user") or interaction.get("member", {}).get("user", {})
     return int(user.get("id", 0))
+
+
+def slash_options(name: str, line: str) -> dict[str, str] | None:
+    """The options a user fills in for ``/name line``: one word per option, the last option
+    the rest (a keyword option such as ``show: history`` only when the word is its
+    choice)."""
+    arguments = next(spec.arguments for spec in COMMANDS if spec.name == name)
+    options: dict[str, str] = {}
+    rest = line.strip()
+    for i, argument in enumerate(arguments):
+        if not rest:
+            break
+        if i == len(arguments) - 1:
+            options[argument.name] = rest
+            break
+        word, _, after = rest.partition(" ")
+        if argument.choices and word not in argument.choices:
+            continue
+        if not argument.choices and word.isdecimal() and arguments[-1].name == "page":
+            continue  # a page number without a field
+        options[argument.name], rest = word, after.strip()
+    return options or None

@@ -78,6 +78,13 @@ class ToyOutlet:
     def typing(self) -> AbstractAsyncContextManager[None]:
         return contextlib.nullcontext()
 
+    async def send_private(self, text: str) -> bool:
+        if self.user in self.platform.closed:
+            return False
+        for chunk in split_message(text, LIMIT):
+            self._post(self.user, chunk)
+        return True
+
     async def acknowledge(self) -> None:
         return None
 
@@ -97,7 +104,7 @@ class ToyAdapter:
     """The translator: a toy event becomes an ``Incoming`` for the kit's ``Bridge``."""
 
     def __init__(self, core: PersonaCore, settings: AdapterSettings, platform: ToyPlatform) -> None:
-        self.bridge = Bridge(core, settings)
+        self.bridge = Bridge(core, settings, message_limit=LIMIT)
         self.platform = platform
 
     async def receive(self, user: str, chat: str, text: str = "", *, media: bool = False) -> None:

@@ -299,6 +299,10 @@ class FakeOpenAI:
                 }
             )
         await send({}, finish)
+        if (body.get("stream_options") or {}).get("include_usage"):  # as OpenAI does
+            usage = self._completion(body, item)["usage"]
+            last = {**base, "choices": [], "usage": usage}
+            await resp.write(f"data: {json.dumps(last)}\n\n".encode())
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp

@@ -14,12 +14,14 @@ from typing import Any
 
 import pytest
 
-from aipersona.core.storage import SessionRules, Storage
+from aipersona.core.storage import Keyring, SessionRules, Storage
 from aipersona.core.storage.postgres import PostgresStorage
 from aipersona.core.storage.sqlite import SQLiteStorage
 from tests import postgres
 
 RULES = SessionRules(idle_seconds=60, update_every=2, history_messages=4, history_token_budget=500)
+# the master key of the encrypted variants (a test value, never a real key)
+TEST_KEYRING = Keyring(bytes(range(32)))
 
 
 @dataclass
@@ -29,13 +31,17 @@ class Backend:
 
     name: str
     storage: Storage
-    connect: Callable[[SessionRules], Awaitable[Storage]]
+    connect: Callable[[SessionRules, Keyring | None], Awaitable[Storage]]
     tables: Callable[[], Awaitable[set[str]]]
     rows_of: Callable[[int], Awaitable[dict[str, int]]]
+    # every text value stored in the backend's tables (what is at rest, for marker scans)
+    raw_texts: Callable[[], Awaitable[list[str]]]
+    keyring: Keyring | None = None
     opened: list[Storage] = field(default_factory=list)
 
     async def another(self, rules: SessionRules = RULES) -> Storage:
-        store = await self.connect(rules)
+        """One more store on the same data, opened with ``self.keyring``."""
+        store = await self.connect(rules, self.keyring)
         self.opened.append(store)
         return store
 
@@ -44,11 +50,11 @@ class Backend:
 PERSONA_KEY = {"personas": "id"}
 
 
-async def sqlite_backend(tmp_path: Path) -> Backend:
+async def sqlite_backend(tmp_path: Path, keyring: Keyring | None = None) -> Backend:
     path = tmp_path / "contract.db"
 
-    async def connect(rules: SessionRules) -> Storage:
-        store = await SQLiteStorage.open(str(path), rules)
+    async def connect(rules: SessionRules, keyring: Keyring | None) -> Storage:
+        store = await SQLiteStorage.open(str(path), rules, keyring=keyring)
         await store.migrate()
         return store
 
@@ -75,19 +81,35 @@ async def sqlite_backend(tmp_path: Path) -> Backend:
     async def rows_of(persona_id: int) -> dict[str, int]:
         return await asyncio.to_thread(_rows, persona_id)
 
-    return Backend("sqlite", await connect(RULES), connect, tables, rows_of)
+    def _raw_texts() -> list[str]:
+        out: list[str] = []
+        with sqlite3.connect(path) as conn:
+            for table in _tables():
+                for row in conn.execute(f"SELECT * FROM {table}"):
+                    out += [v for v in row if isinstance(v, str)]
+        conn.close()
+        return out
+
+    async def raw_texts() -> list[str]:
+        return await asyncio.to_thread(_raw_texts)
+
+    name = "sqlite" if keyring is None else "sqlite-encrypted"
+    store = await connect(RULES, keyring)
+    return Backend(name, store, connect, tables, rows_of, raw_texts, keyring)
 
 
 @contextlib.asynccontextmanager
-async def postgres_backend(tmp_path: Path) -> AsyncIterator[Backend]:
+async def postgres_backend(
+    tmp_path: Path, keyring: Keyring | None = None
+) -> AsyncIterator[Backend]:
     import asyncpg
 
     async with postgres.fresh_schema() as schema:
         db = postgres.database_section(schema)
 
-        async def connect(rules: SessionRules) -> Storage:
+        async def connect(rules: SessionRules, keyring: Keyring | None) -> Storage:
             store = await PostgresStorage.open(
-                db["url"], rules, password_env=db["password_env"], schema=schema
+                db["url"], rules, password_env=db["password_env"], schema=schema, keyring=keyring
             )
             await store.migrate()
             return store
@@ -122,20 +144,41 @@ async def postgres_backend(tmp_path: Path) -> AsyncIterator[Backend]:
             finally:
                 await conn.close()
 
-        yield Backend("postgres", await connect(RULES), connect, tables, rows_of)
+        async def raw_texts() -> list[str]:
+            conn = await probe()
+            try:
+                out: list[str] = []
+                for table in await tables():
+                    for row in await conn.fetch(f"SELECT * FROM {table}"):
+                        out += [v for v in row.values() if isinstance(v, str)]
+                return out
+            finally:
+                await conn.close()
+
+        name = "postgres" if keyring is None else "postgres-encrypted"
+        store = await connect(RULES, keyring)
+        yield Backend(name, store, connect, tables, rows_of, raw_texts, keyring)
 
 
 @contextlib.asynccontextmanager
-async def sqlite_backend_cm(tmp_path: Path) -> AsyncIterator[Backend]:
-    yield await sqlite_backend(tmp_path)
+async def sqlite_backend_cm(
+    tmp_path: Path, keyring: Keyring | None = None
+) -> AsyncIterator[Backend]:
+    yield await sqlite_backend(tmp_path, keyring)
 
 
-BACKENDS = {"sqlite": sqlite_backend_cm, "postgres": postgres_backend}
+BACKENDS = {
+    "sqlite": (sqlite_backend_cm, None),
+    "sqlite-encrypted": (sqlite_backend_cm, TEST_KEYRING),
+    "postgres": (postgres_backend, None),
+    "postgres-encrypted": (postgres_backend, TEST_KEYRING),
+}
 
 
 @pytest.fixture(params=list(BACKENDS))
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    async with BACKENDS[request.param](tmp_path) as made:
+    make, keyring = BACKENDS[request.param]
+    async with make(tmp_path, keyring) as made:
         try:
             yield made
         finally:

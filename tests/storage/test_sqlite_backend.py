@@ -250,8 +250,12 @@ async def test_sigkill_during_persona_update_then_restart_reruns_it(
     cfg = make_config(db_path, fake_llm.base_url, persona={"update_every": 1})
     fake_llm.push("json", Error(503))  # the first attempt fails: the update stays pending
     async with PersonaCore(cfg) as core:
-        await core.edit_persona(
-            ALICE, [Edit("Demographics.Name", "set", "Alice"), Edit("Demographics.Age", "set", 30)]
+        await (
+            core.edit_persona(  # learned earlier (not set by the user: the optimizer may change it)
+                ALICE,
+                [Edit("Demographics.Name", "set", "Alice"), Edit("Demographics.Age", "set", 30)],
+                source="seed",
+            )
         )
         await core.respond(ALICE, "c1", "call me Alicia, I'm 31 and I climb")
         await core.end_session(ALICE, "c1")

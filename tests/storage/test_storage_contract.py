@@ -13,7 +13,7 @@ import pytest
 
 from aipersona.core import Edit, Identity, PersonaNotFound
 from aipersona.core.schema import PersonaSchema
-from aipersona.core.storage import SessionRules, UpdateOutcome
+from aipersona.core.storage import SessionRules, Tokens, UpdateOutcome
 from aipersona.core.storage.sqlite import EXPORTED_TABLES
 from tests.storage.conftest import RULES, Backend
 
@@ -118,7 +118,7 @@ async def test_idle_session_ends_on_the_next_message_and_schedules(backend: Back
     assert await store.end_open_session(pid, "cli", "c", "explicit", T0 + 101) is None
     [update] = await store.pending_updates(pid)
     assert update.session_ids == [first.session_id, second.session_id] and update.attempts == 0
-    transcripts = await store.transcripts(update.session_ids)
+    transcripts = await store.transcripts(pid, update.session_ids)
     assert [[m["content"] for m in t.messages] for t in transcripts] == [["one"], ["two"]]
 
 
@@ -266,6 +266,7 @@ async def test_export_holds_every_row_of_every_table(backend: Backend) -> None:
     await store.link(ALICE, Identity("telegram", "42"))
     await store.apply_edits(pid, [Edit("Demographics.Age", "set", 30)], SCHEMA, source="user")
     assert await store.begin_turn(pid, ALICE, "c", "still open", T0 + 9000) is not None
+    await store.add_reply(pid, "cli", "c", "costly", T0 + 9001, Tokens(120, 30))
     await persona_with_sessions(backend, BOB, 2)  # someone else's rows are not exported
     assert await backend.tables() == {*EXPORTED_TABLES, "schema_migrations"}, "export it"
     rows = await backend.rows_of(pid)
@@ -278,8 +279,12 @@ async def test_export_holds_every_row_of_every_table(backend: Backend) -> None:
         "sessions": len(data["sessions"]),
         "messages": len(data["messages"]),
         "persona_updates": len(data["persona_updates"]),
+        "token_usage": len(data["token_usage"]),
+        "persona_keys": int(data["encryption"]["on"]),
     }
-    assert rows["messages"] == 7 and rows["persona_updates"] == 1 and rows["identities"] == 2
+    assert data["encryption"]["on"] == (backend.keyring is not None)
+    assert data["token_usage"][0]["prompt_tokens"] == 120
+    assert rows["messages"] == 8 and rows["persona_updates"] == 1 and rows["identities"] == 2
     assert data["persona_id"] == pid and data["created_at"] <= data["updated_at"]
 
 

@@ -32,8 +32,10 @@ from ...types import (
     Persona,
     Transcript,
     TurnStart,
+    Usage,
 )
-from ..base import SessionRules, UpdateOutcome
+from ..base import SessionRules, Tokens, UpdateOutcome
+from ..crypto import Keyring, check_master, required
 from ..migration_files import Migration, bundled_migrations
 from ..shared import (
     TABLES,
@@ -43,6 +45,7 @@ from ..shared import (
     table_key,
     update_notes,
     upsert_sql,
+    utc_day,
 )
 from . import migrations as mig
 from . import persona_queries as pq
@@ -54,8 +57,17 @@ ID_CACHE_MAX = 100_000
 
 
 class PostgresStorage:
-    def __init__(self, pool: Any, presence: Any, key: int, url: str, rules: SessionRules) -> None:
+    def __init__(
+        self,
+        pool: Any,
+        presence: Any,
+        key: int,
+        url: str,
+        rules: SessionRules,
+        keyring: Keyring | None = None,
+    ) -> None:
         self.pool = pool
+        self.keyring = keyring
         # (task, connection) of the person lock the current task holds, if any
         self._bound: contextvars.ContextVar[tuple[asyncio.Task[Any] | None, Any] | None] = (
             contextvars.ContextVar(f"aipersona-pg-{id(self)}", default=None)
@@ -78,8 +90,11 @@ class PostgresStorage:
         pool_max_size: int = 10,
         connect_timeout: float = 10.0,
         migrations: list[Migration] | None = None,
+        keyring: Keyring | None = None,
+        verify_key: bool = True,
     ) -> PostgresStorage:
-        """Connect (refusing a foreign or a too-new database without writing to it)."""
+        """Connect (refusing a foreign or a too-new database, or one encrypted under another
+        key, without writing to it)."""
         pool = await create_pool(
             url,
             password_env=password_env,
@@ -94,11 +109,13 @@ class PostgresStorage:
                 await mig.check_schema(
                     conn, safe_url(url), migrations or bundled_migrations("postgres")
                 )
+                if verify_key:  # off for raw row access (db copy), which opens no text
+                    check_master(safe_url(url), await mig.master_id(conn), keyring)
             presence = await connect(
                 url, password_env=password_env, schema=schema, connect_timeout=connect_timeout
             )
             key = await cls._take_presence(presence)
-            return cls(pool, presence, key, url, rules or SessionRules())
+            return cls(pool, presence, key, url, rules or SessionRules(), keyring)
         except BaseException:
             if presence is not None:
                 await presence.close()
@@ -170,14 +187,18 @@ class PostgresStorage:
 
     async def link(self, primary: Identity, other: Identity) -> int:
         try:
-            return await self._write(pq.link, primary, other, time.time())
+            return await self._write(pq.link, primary, other, time.time(), self.keyring)
         finally:
             self._ids.clear()
 
     # -- personas ---------------------------------------------------------------------------
 
     async def load_persona(self, persona_id: int) -> Persona:
-        return await self._read(pq.load_persona, persona_id)
+        async def load(conn: Any) -> Persona:
+            seal = await pq.sealer(conn, self.keyring, persona_id)
+            return await pq.load_persona(conn, persona_id, seal)
+
+        return await self._read(load)
 
     async def apply_edits(
         self,
@@ -192,35 +213,52 @@ class PostgresStorage:
         async def apply(conn: Any) -> EditResult:
             now = time.time()
             result = await pq.apply_edits(
-                conn, persona_id, edits, schema, source, session_ids or [], now
+                conn, persona_id, edits, schema, source, session_ids or [], now, self.keyring
             )
             if outcome is not None:
                 notes = update_notes(outcome.notes, result.rejected)
-                await sq.finish_update(conn, outcome.update_id, notes, now)
+                await sq.finish_update(conn, outcome.update_id, notes, now, self.keyring)
+                if outcome.tokens is not None:
+                    t = outcome.tokens
+                    await sq.add_usage(
+                        conn, persona_id, "", "", utc_day(now), "optimizer", t.prompt, t.completion
+                    )
             return result
 
         return await self._write(apply)
 
     async def rollback(self, persona_id: int, version_id: int) -> EditResult:
-        return await self._write(pq.rollback, persona_id, version_id, time.time())
+        return await self._write(pq.rollback, persona_id, version_id, time.time(), self.keyring)
+
+    async def undo(self, persona_id: int, version_id: int | None = None) -> EditResult:
+        return await self._write(pq.undo, persona_id, version_id, time.time(), self.keyring)
+
+    async def set_learning(self, persona_id: int, on: bool) -> bool:
+        return await self._write(pq.set_learning, persona_id, on, time.time())
 
     async def history(
-        self, persona_id: int, *, field: str | None = None, limit: int = 200
+        self, persona_id: int, *, field: str | None = None, limit: int = 200, offset: int = 0
     ) -> list[HistoryEntry]:
-        return await self._read(pq.history, persona_id, field, limit)
+        async def read(conn: Any) -> list[HistoryEntry]:
+            seal = await pq.sealer(conn, self.keyring, persona_id)
+            return await pq.history(conn, persona_id, field, limit, seal, offset=offset)
+
+        return await self._read(read)
 
     async def export(self, persona_id: int) -> dict[str, Any]:
         async with self._connection() as conn, conn.transaction(isolation="repeatable_read"):
-            return await pq.export(conn, persona_id, time.time())  # one consistent snapshot
+            # one consistent snapshot
+            return await pq.export(conn, persona_id, time.time(), self.keyring)
 
     async def delete_persona(self, persona_id: int) -> bool:
         """Delete the persona and everything about it. PostgreSQL keeps the old row versions
         in its files until VACUUM reuses the space (and in WAL archives and backups): see
-        the README's Scaling out section for what it can and cannot promise."""
+        the README's "Privacy and data control" section for what it can and cannot promise."""
         try:
-            return await self._write(pq.delete, persona_id)
+            deleted = await self._write(pq.delete, persona_id)
         finally:
             self._ids.clear()
+        return deleted
 
     # -- turns and sessions -----------------------------------------------------------------
 
@@ -243,19 +281,40 @@ class PostgresStorage:
         self, persona_id: int, identity: Identity, chat_id: str, text: str, now: float
     ) -> TurnStart | None:
         start = await self._write(
-            sq.begin_turn, self.rules, persona_id, identity, chat_id, text, now
+            sq.begin_turn, self.rules, persona_id, identity, chat_id, text, now, self.keyring
         )
         if start is None:
             self._ids.drop(identity)
         return start
 
     async def add_reply(
-        self, persona_id: int, platform: str, chat_id: str, text: str, now: float
+        self,
+        persona_id: int,
+        platform: str,
+        chat_id: str,
+        text: str,
+        now: float,
+        tokens: Tokens | None = None,
     ) -> int:
-        stored = await self._write(
-            sq.add_message, self.rules, persona_id, platform, chat_id, "assistant", text, now
-        )
-        return stored.message_id
+        async def add(conn: Any) -> int:
+            seal = await pq.sealer(conn, self.keyring, persona_id, create=True)
+            stored = await sq.add_message(
+                conn, self.rules, persona_id, platform, chat_id, "assistant", text, now, seal
+            )
+            if tokens is not None:
+                await sq.add_usage(
+                    conn,
+                    persona_id,
+                    platform,
+                    chat_id,
+                    utc_day(now),
+                    "chat",
+                    tokens.prompt,
+                    tokens.completion,
+                )
+            return int(stored.message_id)
+
+        return await self._write(add)
 
     async def end_open_session(
         self, persona_id: int, platform: str, chat_id: str, reason: str, now: float
@@ -267,8 +326,43 @@ class PostgresStorage:
     async def sweep_idle(self, now: float, *, batch: int = 100) -> list[tuple[int, int]]:
         return await self._write(sq.sweep_idle, self.rules, now, batch)
 
-    async def transcripts(self, session_ids: list[int]) -> list[Transcript]:
-        return await self._read(sq.transcripts, session_ids)
+    async def transcripts(self, persona_id: int, session_ids: list[int]) -> list[Transcript]:
+        return await self._read(sq.transcripts, persona_id, session_ids, self.keyring)
+
+    # -- usage and retention ------------------------------------------------------------------
+
+    async def usage(self, persona_id: int, platform: str, chat_id: str, now: float) -> Usage:
+        return await self._read(sq.usage, persona_id, platform, chat_id, utc_day(now))
+
+    async def usage_report(self, since: float) -> list[dict[str, Any]]:
+        return await self._read(sq.usage_rows, utc_day(since))
+
+    async def purge_messages(self, learned_before: float, *, batch: int = 500) -> int:
+        """Delete the texts, in batches. PostgreSQL leaves the old row versions in the
+        table files until VACUUM reclaims them (and in WAL segments, archives and backups):
+        see the README's Privacy section for what it can and cannot promise."""
+        total = 0
+        while True:
+            updates, messages = await self._write(
+                sq.purge_messages, learned_before, time.time(), batch
+            )
+            total += messages
+            if updates < batch:
+                return total
+
+    # -- encryption at rest -------------------------------------------------------------------
+
+    async def rewrap_keys(self, new: Keyring) -> int:
+        return await self._write(pq.rewrap_keys, required(self.keyring), new)
+
+    async def seal_plaintext(self) -> int:
+        keyring = required(self.keyring)
+        async with self.pool.acquire() as conn:
+            ids = [int(r[0]) for r in await conn.fetch("SELECT id FROM personas ORDER BY id")]
+        total = 0
+        for persona_id in ids:
+            total += await self._write(pq.seal_plaintext, persona_id, keyring)
+        return total
 
     # -- persona updates --------------------------------------------------------------------
 
@@ -284,10 +378,12 @@ class PostgresStorage:
         await self._write(sq.release_updates, owner)
 
     async def finish_update(self, update_id: int, notes: tuple[str, ...] = ()) -> None:
-        await self._write(sq.finish_update, update_id, notes, time.time())
+        await self._write(sq.finish_update, update_id, notes, time.time(), self.keyring)
 
     async def fail_update(self, update_id: int, error: str, max_attempts: int) -> bool:
-        return await self._write(sq.fail_update, update_id, error, max_attempts, time.time())
+        return await self._write(
+            sq.fail_update, update_id, error, max_attempts, time.time(), self.keyring
+        )
 
     # -- bulk access (aipersona db copy) ----------------------------------------------------
 

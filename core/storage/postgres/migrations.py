@@ -64,3 +64,11 @@ async def apply(conn: Conn, where: str, migration: Migration, known: list[Migrat
             f"migration {migration.label} failed and was rolled back: {exc}"
         ) from exc
     return True
+
+
+async def master_id(conn: Conn) -> str | None:
+    """The master key id the data keys are wrapped with (None: nothing encrypted yet)."""
+    if "persona_keys" not in await tables(conn):
+        return None  # before migration 0003
+    value = await conn.fetchval("SELECT master_id FROM persona_keys LIMIT 1")
+    return None if value is None else str(value)

@@ -5,13 +5,23 @@ function runs on one asyncpg connection, inside the transaction the backend open
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from ...edits import Change, Edit, plan_changes
 from ...errors import PersonaNotFound
 from ...schema import PersonaSchema
 from ...types import EditResult, HistoryEntry, Identity, Persona
-from ..shared import export_document
+from ..crypto import PLAIN, Keyring, Sealer
+from ..shared import (
+    SEALED,
+    export_document,
+    history_entry,
+    persona_from_rows,
+    screen,
+    skip_text,
+    undo_change,
+)
 
 Conn = Any  # an asyncpg connection
 
@@ -20,8 +30,90 @@ def dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def _loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
+async def sealer(
+    conn: Conn, keyring: Keyring | None, persona_id: int, *, create: bool = False
+) -> Sealer:
+    """The person's sealer (``create``: make their data key if they have none yet)."""
+    if keyring is None:
+        return PLAIN
+    wrapped = await conn.fetchval(
+        "SELECT wrapped FROM persona_keys WHERE persona_id = $1", persona_id
+    )
+    if wrapped is not None:
+        return keyring.sealer(keyring.unwrap(wrapped, persona_id), persona_id)
+    if not create:
+        return Sealer(None, persona_id)
+    key, wrapped = keyring.new_data_key(persona_id)
+    await conn.execute(
+        "INSERT INTO persona_keys (persona_id, wrapped, master_id, created_at)"
+        " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        persona_id,
+        wrapped,
+        keyring.master_id,
+        time.time(),
+    )
+    stored = await conn.fetchval(
+        "SELECT wrapped FROM persona_keys WHERE persona_id = $1", persona_id
+    )
+    if stored != wrapped:  # another worker made one first: use theirs
+        key = keyring.unwrap(stored, persona_id)
+    return keyring.sealer(key, persona_id)
+
+
+async def convert(
+    conn: Conn, persona_id: int, old: Sealer, new: Sealer, *, plain_only: bool
+) -> int:
+    """Open the person's texts with ``old`` and seal them with ``new`` (``plain_only``: only
+    the texts not sealed yet); return how many texts changed."""
+    changed = 0
+    for table, key, columns in SEALED:
+        rows = await conn.fetch(
+            f"SELECT {key}, {', '.join(columns)} FROM {table} WHERE persona_id = $1", persona_id
+        )
+        sets = ", ".join(f"{c} = ${i + 1}" for i, c in enumerate(columns))
+        n = len(columns)
+        for row in rows:
+            before = list(row)[1:]
+            texts = [v if skip_text(v, plain_only) else new.seal(old.open(v)) for v in before]
+            if texts != before:
+                changed += sum(a != b for a, b in zip(texts, before, strict=True))
+                await conn.execute(
+                    f"UPDATE {table} SET {sets} WHERE persona_id = ${n + 1} AND {key} = ${n + 2}",
+                    *texts,
+                    persona_id,
+                    row[0],
+                )
+    return changed
+
+
+async def _reseal(conn: Conn, keyring: Keyring | None, source: int, target: int) -> None:
+    """Before a link moves ``source``'s rows to ``target``: seal them under target's key."""
+    if keyring is None or not await conn.fetchval(
+        "SELECT 1 FROM persona_keys WHERE persona_id = $1", source
+    ):
+        return
+    old = await sealer(conn, keyring, source)
+    new = await sealer(conn, keyring, target, create=True)
+    await convert(conn, source, old, new, plain_only=False)
+
+
+async def seal_plaintext(conn: Conn, persona_id: int, keyring: Keyring) -> int:
+    """Encrypt the person's texts written before encryption was on."""
+    if not await conn.fetchval("SELECT 1 FROM personas WHERE id = $1 FOR UPDATE", persona_id):
+        return 0
+    new = await sealer(conn, keyring, persona_id, create=True)
+    return await convert(conn, persona_id, PLAIN, new, plain_only=True)
+
+
+async def rewrap_keys(conn: Conn, old: Keyring, new: Keyring) -> int:
+    """Wrap every data key under the ``new`` master key (one transaction)."""
+    await conn.execute("LOCK TABLE persona_keys IN SHARE ROW EXCLUSIVE MODE")
+    rows = await conn.fetch("SELECT persona_id, wrapped FROM persona_keys")
+    await conn.executemany(
+        "UPDATE persona_keys SET wrapped = $1, master_id = $2 WHERE persona_id = $3",
+        [(new.wrap(old.unwrap(r[1], r[0]), r[0]), new.master_id, r[0]) for r in rows],
+    )
+    return len(rows)
 
 
 def text(value: str | None) -> str | None:
@@ -94,7 +186,9 @@ async def identities(conn: Conn, persona_id: int) -> list[Identity]:
     return [Identity(r[0], r[1], r[2]) for r in rows]
 
 
-async def link(conn: Conn, primary: Identity, other: Identity, now: float) -> int:
+async def link(
+    conn: Conn, primary: Identity, other: Identity, now: float, keyring: Keyring | None = None
+) -> int:
     target = await resolve(conn, primary, now)
     source = await persona_of(conn, other)
     if source is None:
@@ -110,10 +204,11 @@ async def link(conn: Conn, primary: Identity, other: Identity, now: float) -> in
         return target
     if source == target:
         return target
+    await _reseal(conn, keyring, source, target)
     await conn.execute(
-        "INSERT INTO persona_fields (persona_id, field, value, version, updated_at)"
-        " SELECT $1, field, value, version, updated_at FROM persona_fields WHERE persona_id = $2"
-        " ON CONFLICT DO NOTHING",
+        "INSERT INTO persona_fields (persona_id, field, value, version, updated_at, source)"
+        " SELECT $1, field, value, version, updated_at, source FROM persona_fields"
+        " WHERE persona_id = $2 ON CONFLICT DO NOTHING",
         target,
         source,
     )
@@ -121,30 +216,45 @@ async def link(conn: Conn, primary: Identity, other: Identity, now: float) -> in
         await conn.execute(
             f"UPDATE {table} SET persona_id = $1 WHERE persona_id = $2", target, source
         )
+    await conn.execute(
+        "INSERT INTO token_usage SELECT $1, platform, chat_id, day, role, calls, prompt_tokens,"
+        " completion_tokens FROM token_usage WHERE persona_id = $2 ON CONFLICT"
+        " (persona_id, platform, chat_id, day, role) DO UPDATE SET"
+        " calls = token_usage.calls + excluded.calls,"
+        " prompt_tokens = token_usage.prompt_tokens + excluded.prompt_tokens,"
+        " completion_tokens = token_usage.completion_tokens + excluded.completion_tokens",
+        target,
+        source,
+    )
     await conn.execute("DELETE FROM personas WHERE id = $1", source)
     return target
 
 
-async def read_persona(conn: Conn, persona_id: int) -> Persona:
-    persona = Persona(persona_id)
-    for name, value, version in await conn.fetch(
-        "SELECT field, value, version FROM persona_fields WHERE persona_id = $1", persona_id
-    ):
-        persona.values[name] = json.loads(value)
-        persona.versions[name] = int(version)
-    return persona
+async def read_persona(conn: Conn, persona_id: int, seal: Sealer = PLAIN) -> Persona:
+    learning = await conn.fetchval("SELECT learning FROM personas WHERE id = $1", persona_id)
+    rows = await conn.fetch(
+        "SELECT field, value, version, source FROM persona_fields WHERE persona_id = $1",
+        persona_id,
+    )
+    return persona_from_rows(
+        persona_id, rows, seal.open, bool(learning) if learning is not None else True
+    )
 
 
-async def load_persona(conn: Conn, persona_id: int, *, lock: bool = False) -> Persona:
+async def load_persona(
+    conn: Conn, persona_id: int, seal: Sealer = PLAIN, *, lock: bool = False
+) -> Persona:
     """``read_persona`` of a persona that must exist; ``lock`` holds its row until the
     transaction ends (writers of one persona queue instead of interleaving)."""
     sql = "SELECT 1 FROM personas WHERE id = $1" + (" FOR UPDATE" if lock else "")
     if await conn.fetchval(sql, persona_id) is None:
         raise PersonaNotFound(f"persona {persona_id} does not exist")
-    return await read_persona(conn, persona_id)
+    return await read_persona(conn, persona_id, seal)
 
 
-async def _write_changes(conn: Conn, persona: Persona, changes: list[Change], now: float) -> None:
+async def _write_changes(
+    conn: Conn, persona: Persona, changes: list[Change], now: float, seal: Sealer
+) -> None:
     for ch in changes:
         latest = await conn.fetchval(
             "SELECT COALESCE(MAX(version), 0) FROM persona_versions"
@@ -161,11 +271,11 @@ async def _write_changes(conn: Conn, persona: Persona, changes: list[Change], no
             ch.field,
             ch.version,
             ch.op,
-            None if ch.old_value is None else dumps(ch.old_value),
-            None if ch.new_value is None else dumps(ch.new_value),
+            None if ch.old_value is None else seal.seal(dumps(ch.old_value)),
+            None if ch.new_value is None else seal.seal(dumps(ch.new_value)),
             ch.source,
             dumps(ch.session_ids),
-            ch.evidence,
+            seal.seal(ch.evidence) if ch.evidence else "",
             now,
         )
         if ch.new_value is None:
@@ -176,20 +286,23 @@ async def _write_changes(conn: Conn, persona: Persona, changes: list[Change], no
             )
             persona.values.pop(ch.field, None)
             persona.versions.pop(ch.field, None)
+            persona.sources.pop(ch.field, None)
         else:
             await conn.execute(
-                "INSERT INTO persona_fields (persona_id, field, value, version, updated_at)"
-                " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (persona_id, field) DO UPDATE SET"
-                " value = excluded.value, version = excluded.version,"
-                " updated_at = excluded.updated_at",
+                "INSERT INTO persona_fields (persona_id, field, value, version, updated_at,"
+                " source) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (persona_id, field) DO"
+                " UPDATE SET value = excluded.value, version = excluded.version,"
+                " updated_at = excluded.updated_at, source = excluded.source",
                 persona.id,
                 ch.field,
-                dumps(ch.new_value),
+                seal.seal(dumps(ch.new_value)),
                 ch.version,
                 now,
+                ch.source,
             )
             persona.values[ch.field] = ch.new_value
             persona.versions[ch.field] = ch.version
+            persona.sources[ch.field] = ch.source
     if changes:
         await conn.execute("UPDATE personas SET updated_at = $1 WHERE id = $2", now, persona.id)
 
@@ -202,16 +315,22 @@ async def apply_edits(
     source: str,
     session_ids: list[int],
     now: float,
+    keyring: Keyring | None = None,
 ) -> EditResult:
-    persona = await load_persona(conn, persona_id, lock=True)
+    seal = await sealer(conn, keyring, persona_id, create=True)
+    persona = await load_persona(conn, persona_id, seal, lock=True)
+    allowed, refused = screen(persona, edits, source)
     changes, rejected = plan_changes(
-        edits, schema, persona.values, source=source, session_ids=session_ids
+        allowed, schema, persona.values, source=source, session_ids=session_ids
     )
-    await _write_changes(conn, persona, changes, now)
-    return EditResult(changes, rejected, persona)
+    await _write_changes(conn, persona, changes, now, seal)
+    return EditResult(changes, refused + rejected, persona)
 
 
-async def rollback(conn: Conn, persona_id: int, version_id: int, now: float) -> EditResult:
+async def rollback(
+    conn: Conn, persona_id: int, version_id: int, now: float, keyring: Keyring | None = None
+) -> EditResult:
+    seal = await sealer(conn, keyring, persona_id, create=True)
     row = await conn.fetchrow(
         "SELECT field, new_value FROM persona_versions WHERE id = $1 AND persona_id = $2",
         version_id,
@@ -219,58 +338,103 @@ async def rollback(conn: Conn, persona_id: int, version_id: int, now: float) -> 
     )
     if row is None:
         raise PersonaNotFound(f"no history entry {version_id} for persona {persona_id}")
-    persona = await load_persona(conn, persona_id, lock=True)
-    name, target = row[0], _loads(row[1])
+    persona = await load_persona(conn, persona_id, seal, lock=True)
+    text = seal.open_opt(row[1])
+    name, target = row[0], None if text is None else json.loads(text)
     old = persona.values.get(name)
     if old == target:
         return EditResult([], [], persona)
     change = Change(
         name, "rollback", old, target, f"rollback to history entry {version_id}", "rollback"
     )
-    await _write_changes(conn, persona, [change], now)
+    await _write_changes(conn, persona, [change], now, seal)
     return EditResult([change], [], persona)
 
 
-async def history(conn: Conn, persona_id: int, field: str | None, limit: int) -> list[HistoryEntry]:
+async def undo(
+    conn: Conn,
+    persona_id: int,
+    version_id: int | None,
+    now: float,
+    keyring: Keyring | None = None,
+) -> EditResult:
+    seal = await sealer(conn, keyring, persona_id, create=True)
+    persona = await load_persona(conn, persona_id, seal, lock=True)
+    found = await history(conn, persona_id, None, 1, seal, version_id=version_id)
+    if not found:
+        if version_id is None:
+            return EditResult([], [], persona)
+        raise PersonaNotFound(f"no history entry {version_id} for persona {persona_id}")
+    change = undo_change(persona, found[0])
+    if change is None:
+        return EditResult([], [], persona)
+    await _write_changes(conn, persona, [change], now, seal)
+    return EditResult([change], [], persona)
+
+
+async def set_learning(conn: Conn, persona_id: int, on: bool, now: float) -> bool:
+    changed = await conn.fetchval(
+        "UPDATE personas SET learning = $1, updated_at = $2 WHERE id = $3 AND learning <> $1"
+        " RETURNING id",
+        int(on),
+        now,
+        persona_id,
+    )
+    return changed is not None
+
+
+async def history(
+    conn: Conn,
+    persona_id: int,
+    field: str | None,
+    limit: int,
+    seal: Sealer = PLAIN,
+    *,
+    version_id: int | None = None,
+    offset: int = 0,
+) -> list[HistoryEntry]:
     sql = (
         "SELECT id, field, version, op, old_value, new_value, source, session_ids, evidence,"
         " created_at FROM persona_versions WHERE persona_id = $1"
     )
     args: list[Any] = [persona_id]
     if field:
-        sql += " AND field = $2"
         args.append(field)
-    sql += f" ORDER BY id DESC LIMIT ${len(args) + 1}"
-    rows = await conn.fetch(sql, *args, limit)
-    return [
-        HistoryEntry(
-            id=r[0],
-            field=r[1],
-            version=r[2],
-            op=r[3],
-            old_value=_loads(r[4]),
-            new_value=_loads(r[5]),
-            source=r[6],
-            session_ids=json.loads(r[7]),
-            evidence=r[8],
-            created_at=r[9],
-        )
-        for r in rows
-    ]
+        sql += f" AND field = ${len(args)}"
+    if version_id is not None:
+        args.append(version_id)
+        sql += f" AND id = ${len(args)}"
+    sql += f" ORDER BY id DESC LIMIT ${len(args) + 1} OFFSET ${len(args) + 2}"
+    rows = await conn.fetch(sql, *args, limit, offset)
+    return [history_entry(r, seal.open_opt) for r in rows]
 
 
 async def _rows(conn: Conn, sql: str, persona_id: int) -> list[dict[str, Any]]:
     return [dict(r) for r in await conn.fetch(sql, persona_id)]
 
 
-async def export(conn: Conn, persona_id: int, now: float) -> dict[str, Any]:
+async def export(
+    conn: Conn, persona_id: int, now: float, keyring: Keyring | None = None
+) -> dict[str, Any]:
     row = await conn.fetchrow(
         "SELECT created_at, updated_at FROM personas WHERE id = $1", persona_id
     )
     if row is None:
         raise PersonaNotFound(f"persona {persona_id} does not exist")
+    seal = await sealer(conn, keyring, persona_id)
+    since = await conn.fetchval(
+        "SELECT created_at FROM persona_keys WHERE persona_id = $1", persona_id
+    )
+    messages = await _rows(
+        conn,
+        "SELECT id, session_id, role, content, platform, chat_id, created_at FROM messages"
+        " WHERE persona_id = $1 ORDER BY id",
+        persona_id,
+    )
+    for m in messages:
+        m["content"] = seal.open(m["content"])
     return export_document(
-        persona=await read_persona(conn, persona_id),
+        persona=await read_persona(conn, persona_id, seal),
         created_at=row[0],
         updated_at=row[1],
         now=now,
@@ -280,25 +444,28 @@ async def export(conn: Conn, persona_id: int, now: float) -> dict[str, Any]:
             " WHERE persona_id = $1 ORDER BY linked_at, platform, platform_user_id",
             persona_id,
         ),
-        history=await history(conn, persona_id, None, 2**62),
+        history=await history(conn, persona_id, None, 2**62, seal),
         sessions=await _rows(
             conn,
             "SELECT id, platform, chat_id, started_at, last_message_at, ended_at, end_reason,"
             " update_id FROM sessions WHERE persona_id = $1 ORDER BY id",
             persona_id,
         ),
-        messages=await _rows(
-            conn,
-            "SELECT id, session_id, role, content, platform, chat_id, created_at FROM messages"
-            " WHERE persona_id = $1 ORDER BY id",
-            persona_id,
-        ),
+        messages=messages,
         updates=await _rows(
             conn,
             "SELECT id, status, session_ids, attempts, error, created_at, finished_at"
             " FROM persona_updates WHERE persona_id = $1 ORDER BY id",
             persona_id,
         ),
+        usage=await _rows(
+            conn,
+            "SELECT platform, chat_id, day, role, calls, prompt_tokens, completion_tokens"
+            " FROM token_usage WHERE persona_id = $1 ORDER BY day, platform, chat_id, role",
+            persona_id,
+        ),
+        encrypted_since=None if since is None else float(since),
+        open_text=seal.open_opt,
     )
 
 

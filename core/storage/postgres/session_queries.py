@@ -18,8 +18,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ...types import Identity, PendingUpdate, Transcript, TurnStart
+from ...types import Identity, PendingUpdate, Transcript, TurnStart, Usage
 from ..base import SessionRules
+from ..crypto import PLAIN, Keyring, Sealer
 from ..shared import trim_history
 from . import persona_queries
 
@@ -91,6 +92,7 @@ async def add_message(
     role: str,
     content: str,
     now: float,
+    seal: Sealer = PLAIN,
 ) -> StoredMessage:
     ended: list[int] = []
     row = await conn.fetchrow(
@@ -126,7 +128,7 @@ async def add_message(
         session_id,
         persona_id,
         role,
-        content,
+        seal.seal(content),
         platform,
         chat_id,
         now,
@@ -144,24 +146,32 @@ async def begin_turn(
     chat_id: str,
     text: str,
     now: float,
+    keyring: Keyring | None = None,
 ) -> TurnStart | None:
     if await persona_queries.touch_identity(conn, identity) != persona_id:
         return None
+    seal = await persona_queries.sealer(conn, keyring, persona_id, create=True)
     stored = await add_message(
-        conn, rules, persona_id, identity.platform, chat_id, "user", text, now
+        conn, rules, persona_id, identity.platform, chat_id, "user", text, now, seal
+    )
+    first = await conn.fetchval(
+        "UPDATE personas SET noticed_at = $1 WHERE id = $2 AND noticed_at IS NULL RETURNING id",
+        now,
+        persona_id,
     )
     return TurnStart(
         persona_id,
         stored.session_id,
         stored.message_id,
         stored.ended_sessions,
-        await persona_queries.read_persona(conn, persona_id),
-        await history_before(conn, rules, stored.session_id, stored.message_id),
+        await persona_queries.read_persona(conn, persona_id, seal),
+        await history_before(conn, rules, stored.session_id, stored.message_id, seal),
+        first_contact=first is not None,
     )
 
 
 async def history_before(
-    conn: Conn, rules: SessionRules, session_id: int, before_id: int
+    conn: Conn, rules: SessionRules, session_id: int, before_id: int, seal: Sealer = PLAIN
 ) -> list[dict[str, str]]:
     if rules.history_messages <= 0 or rules.history_token_budget <= 0:
         return []
@@ -172,7 +182,7 @@ async def history_before(
         before_id,
         rules.history_messages,
     )
-    return trim_history(((r[0], r[1]) for r in rows), rules)
+    return trim_history(((r[0], seal.open(r[1])) for r in rows), rules)
 
 
 async def end_open_session(
@@ -218,21 +228,27 @@ async def sweep_idle(
     return ended
 
 
-async def transcripts(conn: Conn, session_ids: list[int]) -> list[Transcript]:
+async def transcripts(
+    conn: Conn, persona_id: int, session_ids: list[int], keyring: Keyring | None = None
+) -> list[Transcript]:
+    seal = await persona_queries.sealer(conn, keyring, persona_id)
     heads = {
         int(r[0]): r
         for r in await conn.fetch(
-            "SELECT id, started_at, platform FROM sessions WHERE id = ANY($1::bigint[])",
+            "SELECT id, started_at, platform FROM sessions WHERE id = ANY($1::bigint[])"
+            " AND persona_id = $2",
             session_ids,
+            persona_id,
         )
     }
     bodies: dict[int, list[dict[str, str]]] = {sid: [] for sid in heads}
     for sid, role, content in await conn.fetch(
         "SELECT session_id, role, content FROM messages WHERE session_id = ANY($1::bigint[])"
-        " AND role IN ('user', 'assistant') ORDER BY id",
-        session_ids,
+        " AND persona_id = $2 AND role IN ('user', 'assistant') ORDER BY id",
+        list(heads),
+        persona_id,
     ):
-        bodies[int(sid)].append({"role": role, "content": content})
+        bodies[int(sid)].append({"role": role, "content": seal.open(content)})
     return [
         Transcript(sid, heads[sid][1], heads[sid][2], bodies[sid])
         for sid in session_ids
@@ -303,10 +319,24 @@ async def release_updates(conn: Conn, owner: str) -> None:
     )
 
 
+async def _update_sealer(conn: Conn, update_id: int, keyring: Keyring | None) -> Sealer:
+    """The sealer of the update's person: its notes may quote proposed values."""
+    if keyring is None:
+        return PLAIN
+    pid = await conn.fetchval("SELECT persona_id FROM persona_updates WHERE id = $1", update_id)
+    return PLAIN if pid is None else await persona_queries.sealer(conn, keyring, pid, create=True)
+
+
 async def finish_update(
-    conn: Conn, update_id: int, notes: tuple[str, ...] | list[str], now: float
+    conn: Conn,
+    update_id: int,
+    notes: tuple[str, ...] | list[str],
+    now: float,
+    keyring: Keyring | None = None,
 ) -> None:
-    note = "; ".join(notes)[:2000] or None
+    note = "; ".join(notes)[:2000].replace("\x00", "") or None
+    if note is not None:
+        note = (await _update_sealer(conn, update_id, keyring)).seal(note)
     await conn.execute(
         "UPDATE persona_updates SET status = 'done', attempts = attempts + 1, error = $1,"
         " finished_at = $2, claimed_by = NULL, claimed_until = NULL WHERE id = $3",
@@ -317,7 +347,12 @@ async def finish_update(
 
 
 async def fail_update(
-    conn: Conn, update_id: int, error: str, max_attempts: int, now: float
+    conn: Conn,
+    update_id: int,
+    error: str,
+    max_attempts: int,
+    now: float,
+    keyring: Keyring | None = None,
 ) -> bool:
     attempts = await conn.fetchval(
         "SELECT attempts FROM persona_updates WHERE id = $1 AND status = 'pending' FOR UPDATE",
@@ -332,8 +367,93 @@ async def fail_update(
         " claimed_by = NULL, claimed_until = NULL WHERE id = $5",
         attempts,
         "failed" if final else "pending",
-        error[:2000].replace("\x00", ""),
+        (await _update_sealer(conn, update_id, keyring)).seal(error[:2000].replace("\x00", "")),
         now if final else None,
         update_id,
     )
     return final
+
+
+# -- token usage and message retention --------------------------------------------------------
+
+
+async def add_usage(
+    conn: Conn,
+    persona_id: int,
+    platform: str,
+    chat_id: str,
+    day: str,
+    role: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+) -> None:
+    await conn.execute(
+        "INSERT INTO token_usage (persona_id, platform, chat_id, day, role, calls,"
+        " prompt_tokens, completion_tokens) VALUES ($1, $2, $3, $4, $5, 1, $6, $7)"
+        " ON CONFLICT (persona_id, platform, chat_id, day, role) DO UPDATE SET"
+        " calls = token_usage.calls + 1,"
+        " prompt_tokens = token_usage.prompt_tokens + excluded.prompt_tokens,"
+        " completion_tokens = token_usage.completion_tokens + excluded.completion_tokens",
+        persona_id,
+        platform,
+        chat_id,
+        day,
+        role,
+        prompt_tokens,
+        completion_tokens,
+    )
+
+
+async def usage(conn: Conn, persona_id: int, platform: str, chat_id: str, day: str) -> Usage:
+    person = await conn.fetchrow(
+        "SELECT COALESCE(SUM(CASE WHEN day = $1 THEN prompt_tokens + completion_tokens END), 0),"
+        " COALESCE(SUM(prompt_tokens + completion_tokens), 0) FROM token_usage"
+        " WHERE persona_id = $2 AND day >= $3",
+        day,
+        persona_id,
+        day[:8] + "01",
+    )
+    chat = await conn.fetchval(
+        "SELECT COALESCE(SUM(prompt_tokens + completion_tokens), 0) FROM token_usage"
+        " WHERE platform = $1 AND chat_id = $2 AND day = $3",
+        platform,
+        chat_id,
+        day,
+    )
+    return Usage(int(person[0]), int(person[1]), int(chat))
+
+
+async def usage_rows(conn: Conn, since_day: str) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        "SELECT u.day, u.persona_id, (SELECT i.platform || ':' || i.platform_user_id FROM"
+        " identities i WHERE i.persona_id = u.persona_id ORDER BY i.linked_at LIMIT 1) AS who,"
+        " u.platform, u.chat_id, u.role, u.calls, u.prompt_tokens, u.completion_tokens"
+        " FROM token_usage u WHERE u.day >= $1 ORDER BY u.day, u.persona_id",
+        since_day,
+    )
+    return [dict(r) for r in rows]
+
+
+async def purge_messages(
+    conn: Conn, learned_before: float, now: float, batch: int
+) -> tuple[int, int]:
+    ids = [
+        int(r[0])
+        for r in await conn.fetch(
+            "SELECT id FROM persona_updates WHERE status <> 'pending' AND purged_at IS NULL"
+            " AND finished_at <= $1 ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+            learned_before,
+            batch,
+        )
+    ]
+    if not ids:
+        return 0, 0
+    status = await conn.execute(
+        "DELETE FROM messages WHERE session_id IN (SELECT id FROM sessions"
+        " WHERE update_id = ANY($1::bigint[]))",
+        ids,
+    )
+    await conn.execute(
+        "UPDATE persona_updates SET purged_at = $1 WHERE id = ANY($2::bigint[])", now, ids
+    )
+    return len(ids), int(status.rsplit(" ", 1)[-1])

@@ -21,9 +21,19 @@ from ...types import (
     Persona,
     Transcript,
     TurnStart,
+    Usage,
 )
-from ..base import SessionRules, UpdateOutcome
-from ..shared import IdentityCache, keyset_sql, new_owner, table_key, update_notes, upsert_sql
+from ..base import SessionRules, Tokens, UpdateOutcome
+from ..crypto import Keyring, required
+from ..shared import (
+    IdentityCache,
+    keyset_sql,
+    new_owner,
+    table_key,
+    update_notes,
+    upsert_sql,
+    utc_day,
+)
 from . import persona_queries as pq
 from . import session_queries as sq
 from .connection import Connection
@@ -32,6 +42,7 @@ from .migrations import (
     applied_versions,
     apply_migration,
     bundled_migrations,
+    check_keys,
     check_schema,
 )
 from .person_locks import PersonLocks
@@ -47,9 +58,10 @@ class SQLiteStorage:
     so a link or a deletion by another process is noticed, not trusted.
     """
 
-    def __init__(self, db: Connection, rules: SessionRules) -> None:
+    def __init__(self, db: Connection, rules: SessionRules, keyring: Keyring | None = None) -> None:
         self.db = db
         self.rules = rules
+        self.keyring = keyring
         self.location = db.path
         self.worker_id = new_owner()
         self._ids = IdentityCache(ID_CACHE_MAX)
@@ -64,15 +76,20 @@ class SQLiteStorage:
         *,
         busy_timeout_ms: int = 10_000,
         migrations: list[Migration] | None = None,
+        keyring: Keyring | None = None,
+        verify_key: bool = True,
     ) -> SQLiteStorage:
-        """Open the file (refusing a foreign or a too-new database untouched)."""
+        """Open the file (refusing a foreign or a too-new database, or one encrypted under
+        another key, untouched)."""
         known = migrations or bundled_migrations()
 
         def check(conn: Any, where: str) -> None:
             check_schema(conn, where, known)
+            if verify_key:  # off for raw row access (db copy), which never opens a text
+                check_keys(conn, where, keyring)
 
         db = await Connection.open(path, busy_timeout_ms=busy_timeout_ms, check=check)
-        return cls(db, rules or SessionRules())
+        return cls(db, rules or SessionRules(), keyring)
 
     async def close(self) -> None:
         if self._person_locks is not None:
@@ -111,14 +128,17 @@ class SQLiteStorage:
 
     async def link(self, primary: Identity, other: Identity) -> int:
         try:
-            return await self.db.write(pq.link, primary, other, time.time())
+            return await self.db.write(pq.link, primary, other, time.time(), self.keyring)
         finally:
             self._ids.clear()
 
     # -- personas ---------------------------------------------------------------------------
 
     async def load_persona(self, persona_id: int) -> Persona:
-        return await self.db.read(pq.load_persona, persona_id)
+        def load(conn: Any) -> Persona:
+            return pq.load_persona(conn, persona_id, pq.sealer(conn, self.keyring, persona_id))
+
+        return await self.db.read(load)
 
     async def apply_edits(
         self,
@@ -132,24 +152,41 @@ class SQLiteStorage:
     ) -> EditResult:
         def apply(conn: Any) -> EditResult:
             now = time.time()
-            result = pq.apply_edits(conn, persona_id, edits, schema, source, session_ids or [], now)
+            result = pq.apply_edits(
+                conn, persona_id, edits, schema, source, session_ids or [], now, self.keyring
+            )
             if outcome is not None:
                 notes = update_notes(outcome.notes, result.rejected)
-                sq.finish_update(conn, outcome.update_id, notes, now)
+                sq.finish_update(conn, outcome.update_id, notes, now, self.keyring)
+                if outcome.tokens is not None:
+                    t = outcome.tokens
+                    sq.add_usage(
+                        conn, persona_id, "", "", utc_day(now), "optimizer", t.prompt, t.completion
+                    )
             return result
 
         return await self.db.write(apply)
 
     async def rollback(self, persona_id: int, version_id: int) -> EditResult:
-        return await self.db.write(pq.rollback, persona_id, version_id, time.time())
+        return await self.db.write(pq.rollback, persona_id, version_id, time.time(), self.keyring)
+
+    async def undo(self, persona_id: int, version_id: int | None = None) -> EditResult:
+        return await self.db.write(pq.undo, persona_id, version_id, time.time(), self.keyring)
+
+    async def set_learning(self, persona_id: int, on: bool) -> bool:
+        return await self.db.write(pq.set_learning, persona_id, on, time.time())
 
     async def history(
-        self, persona_id: int, *, field: str | None = None, limit: int = 200
+        self, persona_id: int, *, field: str | None = None, limit: int = 200, offset: int = 0
     ) -> list[HistoryEntry]:
-        return await self.db.read(pq.history, persona_id, field, limit)
+        def read(conn: Any) -> list[HistoryEntry]:
+            seal = pq.sealer(conn, self.keyring, persona_id)
+            return pq.history(conn, persona_id, field, limit, seal, offset=offset)
+
+        return await self.db.read(read)
 
     async def export(self, persona_id: int) -> dict[str, Any]:
-        return await self.db.read(pq.export, persona_id, time.time())
+        return await self.db.read(pq.export, persona_id, time.time(), self.keyring)
 
     async def delete_persona(self, persona_id: int) -> bool:
         """Delete the persona and everything about it.
@@ -177,19 +214,41 @@ class SQLiteStorage:
         self, persona_id: int, identity: Identity, chat_id: str, text: str, now: float
     ) -> TurnStart | None:
         start = await self.db.write(
-            sq.begin_turn, self.rules, persona_id, identity, chat_id, text, now
+            sq.begin_turn, self.rules, persona_id, identity, chat_id, text, now, self.keyring
         )
         if start is None:
             self._ids.drop(identity)  # stale: linked or deleted meanwhile
         return start
 
     async def add_reply(
-        self, persona_id: int, platform: str, chat_id: str, text: str, now: float
+        self,
+        persona_id: int,
+        platform: str,
+        chat_id: str,
+        text: str,
+        now: float,
+        tokens: Tokens | None = None,
     ) -> int:
-        stored = await self.db.write(
-            sq.add_message, self.rules, persona_id, platform, chat_id, "assistant", text, now
-        )
-        return stored.message_id
+        def add(conn: Any) -> int:
+            seal = pq.sealer(conn, self.keyring, persona_id, create=True)
+            stored = sq.add_message(
+                conn, self.rules, persona_id, platform, chat_id, "assistant", text, now, seal
+            )
+            if tokens is not None:
+                day = utc_day(now)
+                sq.add_usage(
+                    conn,
+                    persona_id,
+                    platform,
+                    chat_id,
+                    day,
+                    "chat",
+                    tokens.prompt,
+                    tokens.completion,
+                )
+            return stored.message_id
+
+        return await self.db.write(add)
 
     async def end_open_session(
         self, persona_id: int, platform: str, chat_id: str, reason: str, now: float
@@ -201,8 +260,49 @@ class SQLiteStorage:
     async def sweep_idle(self, now: float, *, batch: int = 100) -> list[tuple[int, int]]:
         return await self.db.write(sq.sweep_idle, self.rules, now, batch)
 
-    async def transcripts(self, session_ids: list[int]) -> list[Transcript]:
-        return await self.db.read(sq.transcripts, session_ids)
+    async def transcripts(self, persona_id: int, session_ids: list[int]) -> list[Transcript]:
+        return await self.db.read(sq.transcripts, persona_id, session_ids, self.keyring)
+
+    # -- usage and retention ------------------------------------------------------------------
+
+    async def usage(self, persona_id: int, platform: str, chat_id: str, now: float) -> Usage:
+        return await self.db.read(sq.usage, persona_id, platform, chat_id, utc_day(now))
+
+    async def usage_report(self, since: float) -> list[dict[str, Any]]:
+        return await self.db.read(sq.usage_rows, utc_day(since))
+
+    async def purge_messages(self, learned_before: float, *, batch: int = 500) -> int:
+        """Delete the texts (``secure_delete`` overwrites them with zeros), then checkpoint
+        and truncate the WAL, which still holds them."""
+        total = 0
+        while True:
+            updates, messages = await self.db.write(
+                sq.purge_messages, learned_before, time.time(), batch
+            )
+            total += messages
+            if updates < batch:
+                break
+        if total:
+            await self.db.checkpoint_truncate()
+        return total
+
+    # -- encryption at rest -------------------------------------------------------------------
+
+    async def rewrap_keys(self, new: Keyring) -> int:
+        count = await self.db.write(pq.rewrap_keys, required(self.keyring), new)
+        await self.db.checkpoint_truncate()  # no page with the old wrapping left in the WAL
+        return count
+
+    async def seal_plaintext(self) -> int:
+        keyring = required(self.keyring)
+        ids = await self.db.read(
+            lambda conn: [r[0] for r in conn.execute("SELECT id FROM personas")]
+        )
+        total = 0
+        for persona_id in ids:
+            total += await self.db.write(pq.seal_plaintext, persona_id, keyring)
+        await self.db.checkpoint_truncate()
+        return total
 
     # -- persona updates --------------------------------------------------------------------
 
@@ -218,10 +318,12 @@ class SQLiteStorage:
         await self.db.write(sq.release_updates, owner)
 
     async def finish_update(self, update_id: int, notes: tuple[str, ...] = ()) -> None:
-        await self.db.write(sq.finish_update, update_id, notes, time.time())
+        await self.db.write(sq.finish_update, update_id, notes, time.time(), self.keyring)
 
     async def fail_update(self, update_id: int, error: str, max_attempts: int) -> bool:
-        return await self.db.write(sq.fail_update, update_id, error, max_attempts, time.time())
+        return await self.db.write(
+            sq.fail_update, update_id, error, max_attempts, time.time(), self.keyring
+        )
 
     # -- bulk access (aipersona db copy) ----------------------------------------------------
 

@@ -8,6 +8,7 @@ import time
 
 from ...errors import MigrationError
 from .. import migration_files
+from ..crypto import Keyring, check_master
 from ..migration_files import Migration, check_applied
 
 
@@ -83,3 +84,13 @@ def apply_migration(conn: sqlite3.Connection, migration: Migration) -> bool:
             f"migration {migration.version:04d}_{migration.name} failed and was rolled back: {exc}"
         ) from exc
     return True
+
+
+def check_keys(conn: sqlite3.Connection, where: str, keyring: Keyring | None) -> None:
+    """Refuse to open an encrypted database without its key, or with another key (reads
+    only: nothing changes)."""
+    try:
+        row = conn.execute("SELECT master_id FROM persona_keys LIMIT 1").fetchone()
+    except sqlite3.OperationalError:
+        return  # before migration 0003: nothing encrypted
+    check_master(where, None if row is None else row[0], keyring)

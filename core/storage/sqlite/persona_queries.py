@@ -1,26 +1,57 @@
 """Identities, persona values, version history, export and deletion: SQL on a sqlite3
 connection. Each function runs on the connection's worker thread, inside the transaction
-(or read) the backend opened for it."""
+(or read) the backend opened for it. Values, versions, evidence and messages pass through a
+person's ``Sealer`` (encryption at rest; a no-op when it is off)."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from typing import Any
 
 from ...edits import Change, Edit, plan_changes
 from ...errors import PersonaNotFound
 from ...schema import PersonaSchema
 from ...types import EditResult, HistoryEntry, Identity, Persona
-from ..shared import export_document
+from ..crypto import PLAIN, Keyring, Sealer
+from ..shared import (
+    SEALED,
+    export_document,
+    history_entry,
+    persona_from_rows,
+    screen,
+    skip_text,
+    undo_change,
+)
 
 
 def dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def _loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
+# -- the person's data key -------------------------------------------------------------------
+
+
+def sealer(
+    conn: sqlite3.Connection, keyring: Keyring | None, persona_id: int, *, create: bool = False
+) -> Sealer:
+    """The person's sealer (``create``: make their data key if they have none yet)."""
+    if keyring is None:
+        return PLAIN
+    row = conn.execute(
+        "SELECT wrapped FROM persona_keys WHERE persona_id = ?", (persona_id,)
+    ).fetchone()
+    if row is not None:
+        return keyring.sealer(keyring.unwrap(row[0], persona_id), persona_id)
+    if not create:
+        return Sealer(None, persona_id)  # nothing of theirs is sealed yet
+    key, wrapped = keyring.new_data_key(persona_id)
+    conn.execute(
+        "INSERT INTO persona_keys (persona_id, wrapped, master_id, created_at) VALUES (?, ?, ?, ?)",
+        (persona_id, wrapped, keyring.master_id, time.time()),
+    )
+    return keyring.sealer(key, persona_id)
 
 
 # -- identities ------------------------------------------------------------------------------
@@ -76,7 +107,66 @@ def identities(conn: sqlite3.Connection, persona_id: int) -> list[Identity]:
     return [Identity(r[0], r[1], r[2]) for r in rows]
 
 
-def link(conn: sqlite3.Connection, primary: Identity, other: Identity, now: float) -> int:
+def convert(
+    conn: sqlite3.Connection, persona_id: int, old: Sealer, new: Sealer, *, plain_only: bool
+) -> int:
+    """Open the person's texts with ``old`` and seal them with ``new`` (``plain_only``: only
+    the texts not sealed yet); return how many texts changed."""
+    changed = 0
+    for table, key, columns in SEALED:
+        sql = f"SELECT {key}, {', '.join(columns)} FROM {table} WHERE persona_id = ?"
+        sets = ", ".join(f"{c} = ?" for c in columns)
+        for row in conn.execute(sql, (persona_id,)).fetchall():
+            texts = [v if skip_text(v, plain_only) else new.seal(old.open(v)) for v in row[1:]]
+            if texts != list(row[1:]):
+                changed += sum(a != b for a, b in zip(texts, row[1:], strict=True))
+                conn.execute(
+                    f"UPDATE {table} SET {sets} WHERE persona_id = ? AND {key} = ?",
+                    (*texts, persona_id, row[0]),
+                )
+    return changed
+
+
+def _reseal(conn: sqlite3.Connection, keyring: Keyring | None, source: int, target: int) -> None:
+    """Before a link moves ``source``'s rows to ``target``: seal them under target's key."""
+    if (
+        keyring is None
+        or conn.execute("SELECT 1 FROM persona_keys WHERE persona_id = ?", (source,)).fetchone()
+        is None
+    ):
+        return
+    old, new = sealer(conn, keyring, source), sealer(conn, keyring, target, create=True)
+    convert(conn, source, old, new, plain_only=False)
+
+
+def seal_plaintext(conn: sqlite3.Connection, persona_id: int, keyring: Keyring) -> int:
+    """Encrypt the person's texts written before encryption was on."""
+    if conn.execute("SELECT 1 FROM personas WHERE id = ?", (persona_id,)).fetchone() is None:
+        return 0
+    new = sealer(conn, keyring, persona_id, create=True)
+    return convert(conn, persona_id, PLAIN, new, plain_only=True)
+
+
+def rewrap_keys(conn: sqlite3.Connection, old: Keyring, new: Keyring) -> int:
+    """Wrap every data key under the ``new`` master key instead of ``old`` (one
+    transaction: a store is never half rotated)."""
+    rows = conn.execute("SELECT persona_id, wrapped FROM persona_keys").fetchall()
+    for persona_id, wrapped in rows:
+        key = old.unwrap(wrapped, persona_id)
+        conn.execute(
+            "UPDATE persona_keys SET wrapped = ?, master_id = ? WHERE persona_id = ?",
+            (new.wrap(key, persona_id), new.master_id, persona_id),
+        )
+    return len(rows)
+
+
+def link(
+    conn: sqlite3.Connection,
+    primary: Identity,
+    other: Identity,
+    now: float,
+    keyring: Keyring | None = None,
+) -> int:
     """Make ``other`` share ``primary``'s persona, merging ``other``'s own persona into it:
     fields the primary has no value for, then its history, sessions, messages and updates."""
     target = resolve(conn, primary, now)
@@ -90,13 +180,22 @@ def link(conn: sqlite3.Connection, primary: Identity, other: Identity, now: floa
         return target
     if source == target:
         return target
+    _reseal(conn, keyring, source, target)
     conn.execute(
-        "INSERT OR IGNORE INTO persona_fields (persona_id, field, value, version, updated_at)"
-        " SELECT ?, field, value, version, updated_at FROM persona_fields WHERE persona_id = ?",
+        "INSERT OR IGNORE INTO persona_fields (persona_id, field, value, version, updated_at,"
+        " source) SELECT ?, field, value, version, updated_at, source FROM persona_fields"
+        " WHERE persona_id = ?",
         (target, source),
     )
     for table in ("persona_versions", "sessions", "messages", "persona_updates", "identities"):
         conn.execute(f"UPDATE {table} SET persona_id = ? WHERE persona_id = ?", (target, source))
+    conn.execute(
+        "INSERT INTO token_usage SELECT ?, platform, chat_id, day, role, calls, prompt_tokens,"
+        " completion_tokens FROM token_usage WHERE persona_id = ? ON CONFLICT DO UPDATE SET"
+        " calls = calls + excluded.calls, prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
+        " completion_tokens = completion_tokens + excluded.completion_tokens",
+        (target, source),
+    )
     conn.execute("DELETE FROM personas WHERE id = ?", (source,))
     return target
 
@@ -104,26 +203,26 @@ def link(conn: sqlite3.Connection, primary: Identity, other: Identity, now: floa
 # -- personas --------------------------------------------------------------------------------
 
 
-def read_persona(conn: sqlite3.Connection, persona_id: int) -> Persona:
-    """The persona's values and versions (empty if it has none, or does not exist)."""
-    persona = Persona(persona_id)
-    for name, value, version in conn.execute(
-        "SELECT field, value, version FROM persona_fields WHERE persona_id = ?", (persona_id,)
-    ):
-        persona.values[name] = json.loads(value)
-        persona.versions[name] = int(version)
-    return persona
+def read_persona(conn: sqlite3.Connection, persona_id: int, seal: Sealer = PLAIN) -> Persona:
+    """The persona's values, versions, sources and learning switch (empty if it has none,
+    or does not exist)."""
+    row = conn.execute("SELECT learning FROM personas WHERE id = ?", (persona_id,)).fetchone()
+    rows = conn.execute(
+        "SELECT field, value, version, source FROM persona_fields WHERE persona_id = ?",
+        (persona_id,),
+    )
+    return persona_from_rows(persona_id, rows, seal.open, bool(row[0]) if row else True)
 
 
-def load_persona(conn: sqlite3.Connection, persona_id: int) -> Persona:
+def load_persona(conn: sqlite3.Connection, persona_id: int, seal: Sealer = PLAIN) -> Persona:
     """``read_persona`` of a persona that must exist (PersonaNotFound otherwise)."""
     if conn.execute("SELECT 1 FROM personas WHERE id = ?", (persona_id,)).fetchone() is None:
         raise PersonaNotFound(f"persona {persona_id} does not exist")
-    return read_persona(conn, persona_id)
+    return read_persona(conn, persona_id, seal)
 
 
 def _write_changes(
-    conn: sqlite3.Connection, persona: Persona, changes: list[Change], now: float
+    conn: sqlite3.Connection, persona: Persona, changes: list[Change], now: float, seal: Sealer
 ) -> None:
     """Write ``changes`` as new versions and update ``persona`` to match."""
     for ch in changes:
@@ -143,11 +242,11 @@ def _write_changes(
                 ch.field,
                 ch.version,
                 ch.op,
-                None if ch.old_value is None else dumps(ch.old_value),
-                None if ch.new_value is None else dumps(ch.new_value),
+                None if ch.old_value is None else seal.seal(dumps(ch.old_value)),
+                None if ch.new_value is None else seal.seal(dumps(ch.new_value)),
                 ch.source,
                 dumps(ch.session_ids),
-                ch.evidence,
+                seal.seal(ch.evidence) if ch.evidence else "",
                 now,
             ),
         )
@@ -158,16 +257,18 @@ def _write_changes(
             )
             persona.values.pop(ch.field, None)
             persona.versions.pop(ch.field, None)
+            persona.sources.pop(ch.field, None)
         else:
             conn.execute(
-                "INSERT INTO persona_fields (persona_id, field, value, version, updated_at)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (persona_id, field) DO UPDATE SET"
-                " value = excluded.value, version = excluded.version,"
-                " updated_at = excluded.updated_at",
-                (persona.id, ch.field, dumps(ch.new_value), ch.version, now),
+                "INSERT INTO persona_fields (persona_id, field, value, version, updated_at,"
+                " source) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (persona_id, field) DO UPDATE"
+                " SET value = excluded.value, version = excluded.version,"
+                " updated_at = excluded.updated_at, source = excluded.source",
+                (persona.id, ch.field, seal.seal(dumps(ch.new_value)), ch.version, now, ch.source),
             )
             persona.values[ch.field] = ch.new_value
             persona.versions[ch.field] = ch.version
+            persona.sources[ch.field] = ch.source
     if changes:
         conn.execute("UPDATE personas SET updated_at = ? WHERE id = ?", (now, persona.id))
 
@@ -180,37 +281,87 @@ def apply_edits(
     source: str,
     session_ids: list[int],
     now: float,
+    keyring: Keyring | None = None,
 ) -> EditResult:
-    persona = load_persona(conn, persona_id)
+    seal = sealer(conn, keyring, persona_id, create=True)
+    persona = load_persona(conn, persona_id, seal)
+    allowed, refused = screen(persona, edits, source)
     changes, rejected = plan_changes(
-        edits, schema, persona.values, source=source, session_ids=session_ids
+        allowed, schema, persona.values, source=source, session_ids=session_ids
     )
-    _write_changes(conn, persona, changes, now)
-    return EditResult(changes, rejected, persona)
+    _write_changes(conn, persona, changes, now, seal)
+    return EditResult(changes, refused + rejected, persona)
 
 
-def rollback(conn: sqlite3.Connection, persona_id: int, version_id: int, now: float) -> EditResult:
+def rollback(
+    conn: sqlite3.Connection,
+    persona_id: int,
+    version_id: int,
+    now: float,
+    keyring: Keyring | None = None,
+) -> EditResult:
     """Return one field to its value right after history entry ``version_id``."""
+    seal = sealer(conn, keyring, persona_id, create=True)
     row = conn.execute(
         "SELECT field, new_value FROM persona_versions WHERE id = ? AND persona_id = ?",
         (version_id, persona_id),
     ).fetchone()
     if row is None:
         raise PersonaNotFound(f"no history entry {version_id} for persona {persona_id}")
-    persona = load_persona(conn, persona_id)
-    name, target = row[0], _loads(row[1])
+    persona = load_persona(conn, persona_id, seal)
+    name, text = row[0], seal.open_opt(row[1])
+    target = None if text is None else json.loads(text)
     old = persona.values.get(name)
     if old == target:
         return EditResult([], [], persona)
     change = Change(
         name, "rollback", old, target, f"rollback to history entry {version_id}", "rollback"
     )
-    _write_changes(conn, persona, [change], now)
+    _write_changes(conn, persona, [change], now, seal)
     return EditResult([change], [], persona)
 
 
+def undo(
+    conn: sqlite3.Connection,
+    persona_id: int,
+    version_id: int | None,
+    now: float,
+    keyring: Keyring | None = None,
+) -> EditResult:
+    """Revert one version (the newest when ``version_id`` is None): its field goes back to
+    the value before it, as a new version by the user."""
+    seal = sealer(conn, keyring, persona_id, create=True)
+    persona = load_persona(conn, persona_id, seal)
+    found = history(conn, persona_id, None, 1, seal, version_id=version_id)
+    if not found:
+        if version_id is None:
+            return EditResult([], [], persona)  # nothing to undo
+        raise PersonaNotFound(f"no history entry {version_id} for persona {persona_id}")
+    change = undo_change(persona, found[0])
+    if change is None:
+        return EditResult([], [], persona)
+    _write_changes(conn, persona, [change], now, seal)
+    return EditResult([change], [], persona)
+
+
+def set_learning(conn: sqlite3.Connection, persona_id: int, on: bool, now: float) -> bool:
+    """Switch the person's learning; True if it changed."""
+    cur = conn.execute(
+        "UPDATE personas SET learning = ?, updated_at = ? WHERE id = ? AND learning <> ?",
+        (int(on), now, persona_id, int(on)),
+    )
+    return (cur.rowcount or 0) > 0
+
+
 def history(
-    conn: sqlite3.Connection, persona_id: int, field: str | None, limit: int
+    conn: sqlite3.Connection,
+    persona_id: int,
+    field: str | None,
+    limit: int,
+    seal: Sealer = PLAIN,
+    *,
+    version_id: int | None = None,
+    offset: int = 0,
 ) -> list[HistoryEntry]:
     sql = (
         "SELECT id, field, version, op, old_value, new_value, source, session_ids, evidence,"
@@ -220,23 +371,12 @@ def history(
     if field:
         sql += " AND field = ?"
         params += (field,)
-    sql += " ORDER BY id DESC LIMIT ?"
-    rows = conn.execute(sql, (*params, limit)).fetchall()
-    return [
-        HistoryEntry(
-            id=r[0],
-            field=r[1],
-            version=r[2],
-            op=r[3],
-            old_value=_loads(r[4]),
-            new_value=_loads(r[5]),
-            source=r[6],
-            session_ids=json.loads(r[7]),
-            evidence=r[8],
-            created_at=r[9],
-        )
-        for r in rows
-    ]
+    if version_id is not None:
+        sql += " AND id = ?"
+        params += (version_id,)
+    sql += " ORDER BY id DESC LIMIT ? OFFSET ?"
+    rows = conn.execute(sql, (*params, limit, offset)).fetchall()
+    return [history_entry(r, seal.open_opt) for r in rows]
 
 
 def _rows(conn: sqlite3.Connection, sql: str, persona_id: int) -> list[dict[str, Any]]:
@@ -245,15 +385,29 @@ def _rows(conn: sqlite3.Connection, sql: str, persona_id: int) -> list[dict[str,
     return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
-def export(conn: sqlite3.Connection, persona_id: int, now: float) -> dict[str, Any]:
+def export(
+    conn: sqlite3.Connection, persona_id: int, now: float, keyring: Keyring | None = None
+) -> dict[str, Any]:
     """Every row of every table that belongs to the persona (see ``shared.EXPORTED_TABLES``)."""
     row = conn.execute(
         "SELECT created_at, updated_at FROM personas WHERE id = ?", (persona_id,)
     ).fetchone()
     if row is None:
         raise PersonaNotFound(f"persona {persona_id} does not exist")
+    seal = sealer(conn, keyring, persona_id)
+    key = conn.execute(
+        "SELECT created_at FROM persona_keys WHERE persona_id = ?", (persona_id,)
+    ).fetchone()
+    messages = _rows(
+        conn,
+        "SELECT id, session_id, role, content, platform, chat_id, created_at FROM messages"
+        " WHERE persona_id = ? ORDER BY id",
+        persona_id,
+    )
+    for m in messages:
+        m["content"] = seal.open(m["content"])
     return export_document(
-        persona=read_persona(conn, persona_id),
+        persona=read_persona(conn, persona_id, seal),
         created_at=row[0],
         updated_at=row[1],
         now=now,
@@ -263,29 +417,33 @@ def export(conn: sqlite3.Connection, persona_id: int, now: float) -> dict[str, A
             " WHERE persona_id = ? ORDER BY linked_at, rowid",
             persona_id,
         ),
-        history=history(conn, persona_id, None, 2**62),
+        history=history(conn, persona_id, None, 2**62, seal),
         sessions=_rows(
             conn,
             "SELECT id, platform, chat_id, started_at, last_message_at, ended_at, end_reason,"
             " update_id FROM sessions WHERE persona_id = ? ORDER BY id",
             persona_id,
         ),
-        messages=_rows(
-            conn,
-            "SELECT id, session_id, role, content, platform, chat_id, created_at FROM messages"
-            " WHERE persona_id = ? ORDER BY id",
-            persona_id,
-        ),
+        messages=messages,
         updates=_rows(
             conn,
             "SELECT id, status, session_ids, attempts, error, created_at, finished_at"
             " FROM persona_updates WHERE persona_id = ? ORDER BY id",
             persona_id,
         ),
+        usage=_rows(
+            conn,
+            "SELECT platform, chat_id, day, role, calls, prompt_tokens, completion_tokens"
+            " FROM token_usage WHERE persona_id = ? ORDER BY day, platform, chat_id, role",
+            persona_id,
+        ),
+        encrypted_since=None if key is None else float(key[0]),
+        open_text=seal.open_opt,
     )
 
 
 def delete(conn: sqlite3.Connection, persona_id: int) -> bool:
-    """Delete the persona; every table's rows go with it (ON DELETE CASCADE)."""
+    """Delete the persona; every table's rows go with it (ON DELETE CASCADE), its data key
+    included."""
     cur = conn.execute("DELETE FROM personas WHERE id = ?", (persona_id,))
     return (cur.rowcount or 0) > 0

@@ -14,9 +14,11 @@ import os
 import socket
 import sqlite3
 from dataclasses import dataclass
+from typing import Any
 
-from ...types import Identity, PendingUpdate, Transcript, TurnStart
+from ...types import Identity, PendingUpdate, Transcript, TurnStart, Usage
 from ..base import SessionRules
+from ..crypto import PLAIN, Keyring, Sealer
 from ..shared import trim_history
 from . import persona_queries
 
@@ -37,6 +39,7 @@ def add_message(
     role: str,
     content: str,
     now: float,
+    seal: Sealer = PLAIN,
 ) -> StoredMessage:
     """Store a message in the open session (starting one, and ending an idle one)."""
     ended: list[int] = []
@@ -64,7 +67,7 @@ def add_message(
     cur = conn.execute(
         "INSERT INTO messages (session_id, persona_id, role, content, platform, chat_id,"
         " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (session_id, persona_id, role, content, platform, chat_id, now),
+        (session_id, persona_id, role, seal.seal(content), platform, chat_id, now),
     )
     if ended:
         _schedule(conn, rules, persona_id, now)
@@ -79,24 +82,38 @@ def begin_turn(
     chat_id: str,
     text: str,
     now: float,
+    keyring: Keyring | None = None,
 ) -> TurnStart | None:
     """One write transaction: check the identity still maps to the persona (refreshing its
-    display name), store the user message, read the persona and the bounded history."""
+    display name), store the user message, read the persona and the bounded history, and
+    note a first contact (the privacy notice is then due, once)."""
     if persona_queries.touch_identity(conn, identity) != persona_id:
         return None
-    stored = add_message(conn, rules, persona_id, identity.platform, chat_id, "user", text, now)
+    seal = persona_queries.sealer(conn, keyring, persona_id, create=True)
+    stored = add_message(
+        conn, rules, persona_id, identity.platform, chat_id, "user", text, now, seal
+    )
+    first = conn.execute(
+        "UPDATE personas SET noticed_at = ? WHERE id = ? AND noticed_at IS NULL",
+        (now, persona_id),
+    ).rowcount
     return TurnStart(
         persona_id,
         stored.session_id,
         stored.message_id,
         stored.ended_sessions,
-        persona_queries.read_persona(conn, persona_id),
-        history_before(conn, rules, stored.session_id, stored.message_id),
+        persona_queries.read_persona(conn, persona_id, seal),
+        history_before(conn, rules, stored.session_id, stored.message_id, seal),
+        first_contact=bool(first),
     )
 
 
 def history_before(
-    conn: sqlite3.Connection, rules: SessionRules, session_id: int, before_id: int
+    conn: sqlite3.Connection,
+    rules: SessionRules,
+    session_id: int,
+    before_id: int,
+    seal: Sealer = PLAIN,
 ) -> list[dict[str, str]]:
     """The session's latest messages before ``before_id``, within the rules' bounds."""
     if rules.history_messages <= 0 or rules.history_token_budget <= 0:
@@ -106,7 +123,7 @@ def history_before(
         " AND role IN ('user', 'assistant') ORDER BY id DESC LIMIT ?",
         (session_id, before_id, rules.history_messages),
     ).fetchall()
-    return trim_history(rows, rules)
+    return trim_history(((role, seal.open(text)) for role, text in rows), rules)
 
 
 def end_open_session(
@@ -177,11 +194,19 @@ def _schedule(conn: sqlite3.Connection, rules: SessionRules, persona_id: int, no
     )
 
 
-def transcripts(conn: sqlite3.Connection, session_ids: list[int]) -> list[Transcript]:
+def transcripts(
+    conn: sqlite3.Connection,
+    persona_id: int,
+    session_ids: list[int],
+    keyring: Keyring | None = None,
+) -> list[Transcript]:
+    """The user and assistant messages of the person's sessions ``session_ids``, in order."""
+    seal = persona_queries.sealer(conn, keyring, persona_id)
     out = []
     for sid in session_ids:
         row = conn.execute(
-            "SELECT started_at, platform FROM sessions WHERE id = ?", (sid,)
+            "SELECT started_at, platform FROM sessions WHERE id = ? AND persona_id = ?",
+            (sid, persona_id),
         ).fetchone()
         if row is None:
             continue
@@ -190,7 +215,8 @@ def transcripts(conn: sqlite3.Connection, session_ids: list[int]) -> list[Transc
             " AND role IN ('user', 'assistant') ORDER BY id",
             (sid,),
         ).fetchall()
-        out.append(Transcript(sid, row[0], row[1], [{"role": r, "content": c} for r, c in msgs]))
+        texts = [{"role": r, "content": seal.open(c)} for r, c in msgs]
+        out.append(Transcript(sid, row[0], row[1], texts))
     return out
 
 
@@ -259,10 +285,26 @@ def release_updates(conn: sqlite3.Connection, owner: str) -> None:
     )
 
 
+def _update_sealer(conn: sqlite3.Connection, update_id: int, keyring: Keyring | None) -> Sealer:
+    """The sealer of the update's person: its notes may quote proposed values."""
+    if keyring is None:
+        return PLAIN
+    row = conn.execute(
+        "SELECT persona_id FROM persona_updates WHERE id = ?", (update_id,)
+    ).fetchone()
+    return PLAIN if row is None else persona_queries.sealer(conn, keyring, row[0], create=True)
+
+
 def finish_update(
-    conn: sqlite3.Connection, update_id: int, notes: tuple[str, ...] | list[str], now: float
+    conn: sqlite3.Connection,
+    update_id: int,
+    notes: tuple[str, ...] | list[str],
+    now: float,
+    keyring: Keyring | None = None,
 ) -> None:
     note = "; ".join(notes)[:2000] or None
+    if note is not None:
+        note = _update_sealer(conn, update_id, keyring).seal(note)
     conn.execute(
         "UPDATE persona_updates SET status = 'done', attempts = attempts + 1, error = ?,"
         " finished_at = ?, claimed_by = NULL, claimed_until = NULL WHERE id = ?",
@@ -271,7 +313,12 @@ def finish_update(
 
 
 def fail_update(
-    conn: sqlite3.Connection, update_id: int, error: str, max_attempts: int, now: float
+    conn: sqlite3.Connection,
+    update_id: int,
+    error: str,
+    max_attempts: int,
+    now: float,
+    keyring: Keyring | None = None,
 ) -> bool:
     row = conn.execute(
         "SELECT attempts FROM persona_updates WHERE id = ? AND status = 'pending'", (update_id,)
@@ -286,9 +333,89 @@ def fail_update(
         (
             attempts,
             "failed" if final else "pending",
-            error[:2000],
+            _update_sealer(conn, update_id, keyring).seal(error[:2000]),
             now if final else None,
             update_id,
         ),
     )
     return final
+
+
+# -- token usage and message retention --------------------------------------------------------
+
+
+def add_usage(
+    conn: sqlite3.Connection,
+    persona_id: int,
+    platform: str,
+    chat_id: str,
+    day: str,
+    role: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+) -> None:
+    conn.execute(
+        "INSERT INTO token_usage (persona_id, platform, chat_id, day, role, calls,"
+        " prompt_tokens, completion_tokens) VALUES (?, ?, ?, ?, ?, 1, ?, ?)"
+        " ON CONFLICT DO UPDATE SET calls = calls + 1,"
+        " prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
+        " completion_tokens = completion_tokens + excluded.completion_tokens",
+        (persona_id, platform, chat_id, day, role, prompt_tokens, completion_tokens),
+    )
+
+
+def usage(
+    conn: sqlite3.Connection, persona_id: int, platform: str, chat_id: str, day: str
+) -> Usage:
+    """Tokens of the person today and this month, and of the chat today (everyone in it)."""
+    person = conn.execute(
+        "SELECT COALESCE(SUM(CASE WHEN day = ? THEN prompt_tokens + completion_tokens END), 0),"
+        " COALESCE(SUM(prompt_tokens + completion_tokens), 0) FROM token_usage"
+        " WHERE persona_id = ? AND day >= ?",
+        (day, persona_id, day[:8] + "01"),
+    ).fetchone()
+    chat = conn.execute(
+        "SELECT COALESCE(SUM(prompt_tokens + completion_tokens), 0) FROM token_usage"
+        " WHERE platform = ? AND chat_id = ? AND day = ?",
+        (platform, chat_id, day),
+    ).fetchone()
+    return Usage(int(person[0]), int(person[1]), int(chat[0]))
+
+
+def usage_rows(conn: sqlite3.Connection, since_day: str) -> list[dict[str, Any]]:
+    """Usage rows from ``since_day`` on, with each person's first identity (for reports)."""
+    cur = conn.execute(
+        "SELECT u.day, u.persona_id, (SELECT i.platform || ':' || i.platform_user_id FROM"
+        " identities i WHERE i.persona_id = u.persona_id ORDER BY i.linked_at LIMIT 1) AS who,"
+        " u.platform, u.chat_id, u.role, u.calls, u.prompt_tokens, u.completion_tokens"
+        " FROM token_usage u WHERE u.day >= ? ORDER BY u.day, u.persona_id",
+        (since_day,),
+    )
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def purge_messages(
+    conn: sqlite3.Connection, learned_before: float, now: float, batch: int
+) -> tuple[int, int]:
+    """Delete the message texts of up to ``batch`` persona updates that finished (done or
+    failed) at or before ``learned_before``; return (updates, messages). Sessions not
+    learned from yet, the current one included, are kept."""
+    ids = [
+        int(r[0])
+        for r in conn.execute(
+            "SELECT id FROM persona_updates WHERE status <> 'pending' AND purged_at IS NULL"
+            " AND finished_at <= ? ORDER BY finished_at LIMIT ?",
+            (learned_before, batch),
+        )
+    ]
+    if not ids:
+        return 0, 0
+    marks = ", ".join("?" * len(ids))
+    cur = conn.execute(
+        "DELETE FROM messages WHERE session_id IN (SELECT id FROM sessions"
+        f" WHERE update_id IN ({marks}))",
+        ids,
+    )
+    conn.execute(f"UPDATE persona_updates SET purged_at = ? WHERE id IN ({marks})", (now, *ids))
+    return len(ids), cur.rowcount or 0
