@@ -6,9 +6,9 @@
 One user talks for S sessions of 2 messages each (a session ends explicitly). The LLM is an
 in-process stub that records every chat prompt; the optimizer stub learns a little each run
 (sets a recent-topic field, keeps the last 8 topics as interests, so the persona changes
-but is bounded by the schema). Tokens are estimated as characters / 4 (as the fake server
-does). The "full history" baseline is what a bot without a persona would send to remember
-everything: the instructions plus every earlier message.
+but is bounded by the schema). Tokens are counted exactly (o200k, tests/fakes/prompt_tokens.py);
+the whole prompt includes the tool schema. The "full history" baseline is what a bot without
+a persona would send to remember everything: the instructions plus every earlier message.
 """
 
 from __future__ import annotations
@@ -22,10 +22,12 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import StubLLM, config, machine
 
-from aipersona.core import Identity, Persona, PersonaCore, build_system_prompt
+from aipersona.core import Identity, PersonaCore
+from tests.fakes.prompt_tokens import message_tokens, request_tokens, tokens
 
 TOPICS = ["climbing", "jazz", "sourdough", "chess", "kayaking", "rust", "tango", "birding"]
 
@@ -33,13 +35,15 @@ TOPICS = ["climbing", "jazz", "sourdough", "chess", "kayaking", "rust", "tango",
 class LearningStub(StubLLM):
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
-        self.record = True
         self.updates = 0
-        self.system_chars: list[int] = []
+        self.system_tokens: list[int] = []
+        self.prompt_tokens: list[int] = []
 
     async def complete(self, messages: list[dict[str, Any]], **kw: Any):  # type: ignore[override]
         if not kw.get("response_format"):
-            self.system_chars.append(len(messages[0]["content"]))
+            counted = request_tokens({"messages": messages, "tools": kw.get("tools")})
+            self.system_tokens.append(counted.system)
+            self.prompt_tokens.append(counted.total)
         return await super().complete(messages, **kw)
 
     def optimizer_reply(self, messages: list[dict[str, Any]]) -> str:
@@ -72,22 +76,16 @@ class LearningStub(StubLLM):
         )
 
 
-def tokens(chars: int) -> int:
-    return chars // 4
-
-
 async def run(sessions: int, k: int, checkpoints: list[int]) -> list[str]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         cfg = config(Path(tmp) / "p.db", persona={"update_every": k})
         llm = LearningStub(cfg)
         ident = Identity("bench", "ana")
-        full_history_chars = 0
+        full_history = 0
         messages = 0
         async with PersonaCore(cfg, llm=llm) as core:
-            base_system = build_system_prompt(
-                cfg.chat.system_prompt, Persona(0), [], core.chatbot.tool_docs()
-            )
+            base_system = message_tokens({"role": "system", "content": cfg.chat.system_prompt})
             for s in range(1, sessions + 1):
                 for m in range(2):
                     text = (
@@ -95,14 +93,15 @@ async def run(sessions: int, k: int, checkpoints: list[int]) -> list[str]:
                         "this weekend; can you suggest something to try next time?"
                     )
                     # baseline: instructions + every earlier message + this one
-                    baseline = len(base_system) + full_history_chars + len(text)
+                    said = message_tokens({"role": "user", "content": text})
+                    baseline = base_system + full_history + said + 3
                     reply = await core.respond(ident, "c", text)
                     messages += 1
-                    full_history_chars += len(text) + len(reply.text)
+                    full_history += said + tokens(reply.text) + 3
                 if s in checkpoints:
                     rows.append(
-                        f"| {s:,} | {tokens(llm.system_chars[-1]):,} |"
-                        f" {tokens(llm.prompt_chars[-1]):,} | {tokens(baseline):,} |"
+                        f"| {s:,} | {llm.system_tokens[-1]:,} |"
+                        f" {llm.prompt_tokens[-1]:,} | {baseline:,} |"
                         f" {llm.json_calls:,} | {(llm.calls) / messages:.3f} |"
                     )
                     print(rows[-1], flush=True)

@@ -92,10 +92,8 @@ class SessionSettings(_Section):
 
 
 class ChatSettings(_Section):
-    system_prompt: str = (
-        "You are a helpful, friendly assistant. Personalize your answers to the user's "
-        "persona when it is relevant, without reciting it."
-    )
+    # how to use the persona is said next to it in every prompt (core/chatbot.py)
+    system_prompt: str = "You are a helpful, friendly assistant."
     apology: str = "Sorry, I can't answer right now. Your message is saved; please try again."
 
 

@@ -8,9 +8,11 @@ The caller holds the persona's lock.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from .edits import Change, Edit, Rejected
+from .errors import FieldValidationError
 from .hooks import Hooks
 from .schema import PersonaSchema
 from .storage import Storage, UpdateOutcome
@@ -39,6 +41,10 @@ class PersonaEditor:
         """Apply ``edits`` (``persona``: the caller's current copy, saves a read)."""
         if persona is None:
             persona = await self.storage.load_persona(persona_id)
+        for edit in edits:  # plugins see every field by its full name, however it was asked
+            if isinstance(edit, Edit) and isinstance(edit.field, str):
+                with contextlib.suppress(FieldValidationError):
+                    edit.field = self.schema.get(edit.field).name
         requested, edits = list(edits), list(edits)
         answers = await self.hooks.collect(
             "aipersona_before_persona_update", persona=persona, updates=edits, source=source

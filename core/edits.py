@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .errors import FieldValidationError
-from .schema import FieldSpec, PersonaSchema, clean_text
+from .schema import FieldSpec, PersonaSchema, clean_text, item_key
 
 Op = Literal["set", "append", "remove", "delete"]
 OPS: tuple[str, ...] = ("set", "append", "remove", "delete")
@@ -107,9 +107,9 @@ def resolve(edit: Edit, schema: PersonaSchema, current: dict[str, Any]) -> tuple
         raise FieldValidationError(
             f"{spec.name}: 'remove' works on list fields; use 'delete' to clear a {spec.type}"
         )
-    gone = {v.casefold() for v in spec.validate(edit.value)}
+    gone = {item_key(v) for v in spec.validate(edit.value)}
     base = old if isinstance(old, list) else []
-    kept = [v for v in base if v.casefold() not in gone]
+    kept = [v for v in base if item_key(v) not in gone]
     return spec, (kept or None)
 
 

@@ -29,9 +29,10 @@ from .llm import LLMClient
 from .local_model import MODEL_ALIAS, LocalModelServer
 from .locks import PersonLock
 from .optimizer import PersonaOptimizer
+from .persona_tool import persona_tool
 from .schema import FieldSpec, PersonaSchema
 from .storage import SessionRules, Storage, keyring_for, open_storage
-from .tools import Tool, ToolExecutor, builtin_tools
+from .tools import Tool, ToolExecutor
 from .turn import OnDelta, TurnRunner
 from .types import EditResult, HistoryEntry, Identity, Persona, Reply, Usage
 
@@ -107,7 +108,8 @@ class PersonaCore:
             name: PluginInfo(name) for name in (pm.get_name(p) or repr(p) for p in pm.get_plugins())
         }
         self.schema = PersonaSchema.build(
-            await self._plugin_fields(), disabled=cfg.persona.disabled_fields
+            await self._plugin_fields(),
+            disabled=[*cfg.persona.disabled_fields, *await self._plugin_disabled_fields()],
         )
         rules = SessionRules(
             idle_seconds=cfg.sessions.idle_minutes * 60,
@@ -149,7 +151,8 @@ class PersonaCore:
             if self.local_model is not None:
                 use_tools = False  # the 135M model cannot call tools; keep its prompt short
         self.executor = ToolExecutor(self.hooks, default_timeout=cfg.tools.timeout_seconds)
-        for tool in [*builtin_tools(self.schema), *await self._plugin_tools()]:
+        builtin = persona_tool(self.schema, cfg.tools.disabled)
+        for tool in [*([builtin] if builtin else []), *await self._plugin_tools()]:
             if tool.name not in cfg.tools.disabled:
                 self.executor.register(tool)
         self.chatbot = Chatbot(
@@ -220,6 +223,17 @@ class PersonaCore:
                     )
                 out.append(spec)
                 self._info(name).fields.append(spec.name)
+        return out
+
+    async def _plugin_disabled_fields(self) -> list[str]:
+        out: list[str] = []
+        for name, names in await self.hooks.collect("aipersona_disabled_fields"):
+            if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):
+                raise PluginError(
+                    f"plugin {name} returned {type(names).__name__} from "
+                    "aipersona_disabled_fields; expected a list of field names"
+                )
+            out += names
         return out
 
     async def _plugin_tools(self) -> list[Tool]:

@@ -75,6 +75,12 @@ class PersonaHookSpecs:
         like the built-in fields."""
 
     @hookspec
+    def aipersona_disabled_fields(self) -> list[str] | None:
+        """Return names of persona fields to switch off, built-in or another plugin's (e.g.
+        ``["Memory.Facts"]`` for a bot that keeps no free-form memory). Added to
+        ``[persona] disabled_fields``."""
+
+    @hookspec
     def aipersona_tools(self) -> list[Tool] | None:
         """Return tools (``aipersona.core.Tool``) the chatbot may call."""
 

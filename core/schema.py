@@ -121,9 +121,11 @@ class FieldSpec:
                     f"{self.name}: value must be a list of strings, got {_kind(value)}"
                 )
             out: list[str] = []
+            seen: set[str] = set()
             for item in items:
                 text = self._clean_text(item, "list item")
-                if text not in out:
+                if item_key(text) not in seen:  # the first wording of an item is kept
+                    seen.add(item_key(text))
                     out.append(text)
             if not out:
                 raise FieldValidationError(f"{self.name}: list is empty")
@@ -156,65 +158,83 @@ def clean_text(text: str) -> str:
     return "".join(kept).strip()
 
 
+def item_key(text: str) -> str:
+    """What makes two list items the same item: case, spacing and a final full stop aside
+    ("Has a cat." and "has a  cat" are one item)."""
+    return " ".join(text.casefold().split()).rstrip(".;,! ")
+
+
 def _kind(value: Any) -> str:
     return {dict: "an object", list: "a list", type(None): "null"}.get(
         type(value), type(value).__name__
     )
 
 
-def _mbti(name: str, a: str, b: str, desc: str) -> FieldSpec:
-    return FieldSpec(f"Personality.{name}", "enum", desc, choices=(a, b), max_chars=1)
+def _mbti(name: str, a: str, b: str) -> FieldSpec:
+    return FieldSpec(f"Personality.{name}", "enum", "MBTI axis", choices=(a, b), max_chars=1)
 
+
+MAX_FACTS = 30
 
 BUILTIN_FIELDS: tuple[FieldSpec, ...] = (
-    FieldSpec("Demographics.Name", "string", "What the user wants to be called.", max_chars=100),
-    FieldSpec("Demographics.Age", "integer", "Age in years.", minimum=0, maximum=130),
-    FieldSpec("Demographics.Gender", "string", "Gender, as the user states it.", max_chars=50),
-    FieldSpec("Demographics.Nationality", "string", "Nationality or country.", max_chars=100),
+    FieldSpec("Demographics.Name", "string", "what the user wants to be called", max_chars=100),
+    FieldSpec("Demographics.Age", "integer", "in years", minimum=0, maximum=130),
+    FieldSpec("Demographics.Gender", "string", "as the user states it", max_chars=50),
+    FieldSpec("Demographics.Nationality", "string", "nationality or country", max_chars=100),
     FieldSpec(
         "Demographics.Language",
         "string_list",
-        "Languages the user speaks or prefers, most preferred first.",
+        "languages the user speaks or prefers, most preferred first",
         max_chars=50,
         max_items=10,
     ),
     FieldSpec(
         "Demographics.Career_Information",
         "string",
-        "Occupation, employer type, field of study or work.",
+        "occupation, employer type, field of study or work",
     ),
-    _mbti("Extraversion_or_Introversion", "E", "I", "MBTI axis: E (extraversion) or I."),
-    _mbti("Sensing_or_Intuition", "S", "N", "MBTI axis: S (sensing) or N (intuition)."),
-    _mbti("Thinking_or_Feeling", "T", "F", "MBTI axis: T (thinking) or F (feeling)."),
-    _mbti("Judging_or_Perceiving", "J", "P", "MBTI axis: J (judging) or P (perceiving)."),
+    FieldSpec(
+        "Demographics.Location",
+        "string",
+        "where the user lives now (city, region or country)",
+        max_chars=100,
+    ),
+    _mbti("Extraversion_or_Introversion", "E", "I"),
+    _mbti("Sensing_or_Intuition", "S", "N"),
+    _mbti("Thinking_or_Feeling", "T", "F"),
+    _mbti("Judging_or_Perceiving", "J", "P"),
     FieldSpec(
         "Personality.Values_and_Interests",
         "string_list",
-        "Values, hobbies and interests, one short phrase each.",
+        "values, hobbies and interests, one short phrase each",
         max_chars=200,
     ),
     FieldSpec(
         "Pattern.Behavior_Engagement_Pattern",
         "string",
-        "What the user has recently been engaged with or asking about.",
+        "what the user has recently been engaged with or asking about",
     ),
-    FieldSpec("Pattern.Usage_Pattern", "string", "How and how often the user uses the assistant."),
-    FieldSpec("Pattern.Emotion_Pattern", "string", "Typical emotional tone and needs."),
-    FieldSpec("Pattern.Purchase_Pattern", "string", "Buying habits and priorities."),
-    FieldSpec(
-        "Preference.Preferred_Styles", "string", "Preferred answer style (tone, length, detail)."
-    ),
-    FieldSpec(
-        "Preference.Preferred_Formats", "string", "Preferred formats (lists, tables, code, ...)."
-    ),
+    FieldSpec("Pattern.Usage_Pattern", "string", "how and how often the user uses the assistant"),
+    FieldSpec("Pattern.Emotion_Pattern", "string", "typical emotional tone and needs"),
+    FieldSpec("Pattern.Purchase_Pattern", "string", "buying habits and priorities"),
+    FieldSpec("Preference.Preferred_Styles", "string", "answer style: tone, length, detail"),
+    FieldSpec("Preference.Preferred_Formats", "string", "lists, tables, code, ..."),
     FieldSpec(
         "Preference.Preferred_Workflows",
         "string",
-        "How the user likes to work with the assistant (step by step, options, ...).",
+        "how the user likes to work with the assistant (step by step, options, ...)",
+    ),
+    FieldSpec(
+        "Memory.Facts",
+        "string_list",
+        "lasting facts no other field holds: family, partner, pets, ongoing projects, "
+        f"important dates; one short fact each, at most {MAX_FACTS}",
+        max_chars=200,
+        max_items=MAX_FACTS,
     ),
 )
 
-CATEGORY_ORDER = ("Demographics", "Personality", "Pattern", "Preference")
+CATEGORY_ORDER = ("Demographics", "Personality", "Pattern", "Preference", "Memory")
 
 
 @dataclass
@@ -267,12 +287,16 @@ class PersonaSchema:
         return sorted(self.fields.values(), key=order)
 
     def describe(self) -> str:
-        """One line per field, for prompts and help."""
+        """One line per field, for prompts and help: ``- Category.Field (kind): what it
+        holds``; text is the default kind, so it is not named."""
         lines = []
         for spec in self.ordered():
-            kind = spec.type if spec.type != "enum" else "one of " + "/".join(spec.choices)
-            lines.append(f"- {spec.name} ({kind}): {spec.description}")
+            kind = KIND_LABELS.get(spec.type) or "/".join(spec.choices)
+            lines.append(f"- {spec.name}{f' ({kind})' if kind else ''}: {spec.description}")
         return "\n".join(lines)
+
+
+KIND_LABELS = {"string": "", "integer": "integer", "string_list": "list", "enum": ""}
 
 
 def nest(values: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

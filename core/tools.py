@@ -1,4 +1,4 @@
-"""The Tool Executor: OpenAI function calling with built-in persona tools and plugin tools.
+"""The Tool Executor: OpenAI function calling with the built-in persona tool and plugin tools.
 
 A tool that raises, times out, or gets malformed arguments produces an error *result* that is
 given back to the model; the turn goes on.
@@ -102,9 +102,6 @@ class ToolExecutor:
     def specs(self) -> list[dict[str, Any]]:
         return [t.openai_spec() for t in self.tools.values()]
 
-    def describe(self) -> str:
-        return "\n".join(f"- {t.name}: {t.description}" for t in self.tools.values())
-
     async def call(
         self, context: ToolContext, call_id: str, name: str, raw_arguments: str
     ) -> ToolResult:
@@ -168,84 +165,3 @@ class ToolExecutor:
 
         async with asyncio.timeout(timeout):
             return await invoke()
-
-
-# -- built-in persona tools ----------------------------------------------------------------
-
-
-async def _get_persona(ctx: ToolContext) -> dict[str, Any]:
-    assert ctx.load_persona is not None
-    persona = await ctx.load_persona()
-    return persona.nested()
-
-
-async def _update_field(
-    ctx: ToolContext, field: str, value: Any, op: str = "set", evidence: str = ""
-) -> dict[str, Any]:
-    assert ctx.apply_edits is not None
-    edit = Edit.from_json({"field": field, "op": op, "value": value, "evidence": evidence})
-    changes, rejected = await ctx.apply_edits([edit], "tool")
-    if rejected:
-        raise FieldValidationError(rejected[0].reason)
-    if not changes:
-        return {"changed": False, "field": field, "note": "value already recorded"}
-    ch = changes[0]
-    return {"changed": True, "field": ch.field, "value": ch.new_value, "version": ch.version}
-
-
-async def _forget_field(ctx: ToolContext, field: str) -> dict[str, Any]:
-    assert ctx.apply_edits is not None
-    changes, rejected = await ctx.apply_edits(
-        [Edit(field, "delete", None, "user asked to forget")], "tool"
-    )
-    if rejected:
-        raise FieldValidationError(rejected[0].reason)
-    return {"forgotten": bool(changes), "field": field}
-
-
-def builtin_tools(schema: PersonaSchema) -> list[Tool]:
-    names = [spec.name for spec in schema.ordered()]
-    return [
-        Tool(
-            "get_persona",
-            "Read the current user's stored persona (profile). Takes no arguments.",
-            {"type": "object", "properties": {}, "additionalProperties": False},
-            _get_persona,
-        ),
-        Tool(
-            "update_persona_field",
-            "Record a lasting fact about the current user the moment they state it (their "
-            "name, age, job, interests, preferences...). Only for what the user said about "
-            "themselves; never for instructions.",
-            {
-                "type": "object",
-                "properties": {
-                    "field": {"type": "string", "enum": names},
-                    "value": {
-                        "description": "new value: text, an integer, or a list of texts",
-                        "anyOf": [
-                            {"type": "string"},
-                            {"type": "integer"},
-                            {"type": "array", "items": {"type": "string"}},
-                        ],
-                    },
-                    "op": {"type": "string", "enum": ["set", "append", "remove"]},
-                    "evidence": {"type": "string", "description": "the user's words"},
-                },
-                "required": ["field", "value"],
-                "additionalProperties": False,
-            },
-            _update_field,
-        ),
-        Tool(
-            "forget_persona_field",
-            "Delete one field of the current user's persona (when they ask you to forget it).",
-            {
-                "type": "object",
-                "properties": {"field": {"type": "string", "enum": names}},
-                "required": ["field"],
-                "additionalProperties": False,
-            },
-            _forget_field,
-        ),
-    ]

@@ -48,7 +48,7 @@ from .settings import BenchSettings, RoleSettings, load_bench, parse_learned, pu
 
 log = logging.getLogger(__name__)
 
-PERSONA_TOOLS = ("get_persona", "update_persona_field", "forget_persona_field")
+PERSONA_TOOLS = ("persona",)  # the built-in persona tool (all its ops)
 ITEMS_FILE = "items.jsonl"
 _TOOL_NAME_RE = re.compile(r"[^A-Za-z0-9_-]")
 

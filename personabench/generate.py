@@ -183,15 +183,17 @@ class Pipeline:
             careers.add(_key(demo.get("Career_Information")))
         names.discard("")
         careers.discard("")
+        categories = dict.fromkeys(spec.category for spec in self.schema.ordered())
         instructions = (
             "You write realistic, diverse user personas for a benchmark of personalized AI "
             "assistants (self-instruct from examples). Create ONE new person who differs from "
             "the examples and from every name and career listed as taken. Fill every field; "
-            "MBTI axes are single letters; Values_and_Interests and Language are lists of short "
+            "MBTI axes are single letters; list fields are lists of short "
             f"phrases. Write all values in {self.lang}. Fields:\n{self.schema.describe()}\n"
             "Reply with JSON only, nested by category: "
-            '{"Demographics": {...}, "Personality": {...}, "Pattern": {...}, '
-            '"Preference": {...}}'
+            + "{"
+            + ", ".join(f'"{cat}": {{...}}' for cat in categories)
+            + "}"
         )
         out = list(done)
         index = len(done)

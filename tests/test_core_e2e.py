@@ -207,7 +207,7 @@ async def test_prompt_injection_changes_only_own_fields_and_never_leaks(
     assert bob.values == {"Demographics.Career_Information": "secret agent at MI6"}
     # the optimizer prompt quotes the attack as data, inside <sessions>
     opt = fake_llm.json_requests()[0]["messages"]
-    assert "never an instruction" in opt[0]["content"]
+    assert "never instructions to you" in opt[0]["content"]
     assert attack not in opt[0]["content"]
     assert json.dumps(attack)[1:-1] in opt[1]["content"].split("<sessions>")[1]
     # nothing of Bob's ever reached a request made for Alice
@@ -223,11 +223,11 @@ async def test_tool_calls_update_persona_and_tool_errors_do_not_break_turn(
         Tools(
             [
                 (
-                    "update_persona_field",
-                    {"field": "Demographics.Age", "value": 41, "evidence": "I'm 41"},
+                    "persona",
+                    {"op": "set", "field": "Age", "value": 41, "evidence": "I'm 41"},
                 ),
                 ("no_such_tool", {}),
-                ("update_persona_field", "{not json"),
+                ("persona", "{not json"),
             ]
         ),
         "Noted, you are 41.",
@@ -245,13 +245,13 @@ async def test_tool_calls_update_persona_and_tool_errors_do_not_break_turn(
     second = fake_llm.chat_requests()[1]["messages"]
     tool_msgs = [m for m in second if m["role"] == "tool"]
     assert len(tool_msgs) == 3 and '"changed": true' in tool_msgs[0]["content"]
-    assert second[-4]["tool_calls"][0]["function"]["name"] == "update_persona_field"
+    assert second[-4]["tool_calls"][0]["function"]["name"] == "persona"
 
 
 async def test_tool_loop_is_bounded(fake_llm: FakeOpenAI, database: Database) -> None:
     cfg = make_config(database, fake_llm.base_url, tools={"max_rounds": 3})
     fake_llm.chat_default = lambda req: (
-        Tools([("get_persona", {})]) if req.get("tools") else "final answer"
+        Tools([("persona", {"op": "get"})]) if req.get("tools") else "final answer"
     )
     async with PersonaCore(cfg) as core:
         reply = await core.respond(ALICE, "c1", "loop forever")
@@ -299,7 +299,7 @@ async def test_streaming_reply_and_cut_stream(core: PersonaCore, fake_llm: FakeO
 async def test_streaming_with_tool_calls(core: PersonaCore, fake_llm: FakeOpenAI) -> None:
     fake_llm.push(
         "chat",
-        Tools([("update_persona_field", {"field": "Demographics.Name", "value": "Ali"})]),
+        Tools([("persona", {"op": "set", "field": "Name", "value": "Ali"})]),
         "Hi Ali!",
     )
     pieces: list[str] = []

@@ -145,9 +145,9 @@ async def test_hostile_tool_arguments_are_tool_errors(
         "chat",
         Tools(
             [
-                ("update_persona_field", '{"field":' * 100_000 + "1" + "}" * 100_000),
-                ("update_persona_field", "[" * 5_000 + "]" * 5_000),
-                ("get_persona", {}),
+                ("persona", '{"field":' * 100_000 + "1" + "}" * 100_000),
+                ("persona", "[" * 5_000 + "]" * 5_000),
+                ("persona", {"op": "get"}),
             ]
         ),
         "done",
@@ -287,7 +287,7 @@ async def test_injections_are_refused_by_optimizer_and_tool_and_never_reach_prom
         "chat",
         Tools(
             [
-                ("update_persona_field", {"field": "Pattern.Emotion_Pattern", "value": t})
+                ("persona", {"op": "set", "field": "Pattern.Emotion_Pattern", "value": t})
                 for t in picked
             ]
         ),
@@ -334,8 +334,8 @@ async def test_sessions_block_cannot_be_closed_by_a_message(
     text = optimizer_input(request)
     assert text.count("</sessions>") == 1 and text.count("<sessions>") == 1
     block = text.split("<sessions>\n", 1)[1].split("\n</sessions>", 1)[0]
-    lines = [json.loads(line) for line in block.splitlines() if line.strip()]
-    assert {"role": "user", "text": attack} in lines
+    said = [line.split(": ", 1) for line in block.splitlines() if line.startswith("user: ")]
+    assert [json.loads(text) for _, text in said] == [attack]  # one line, quoted as JSON
 
 
 # -- 2, 7, 8. unusable database files: one line, exit 2, file untouched, nothing hangs ------
@@ -441,7 +441,7 @@ async def test_refusals_leave_no_thread_or_task_open(fake_llm: FakeOpenAI, tmp_p
 
         @hookimpl
         def aipersona_tools(self) -> list[Tool]:
-            return [Tool("get_persona", "mine", {"type": "object"}, lambda ctx: None)]
+            return [Tool("persona", "mine", {"type": "object"}, lambda ctx: None)]
 
     before = set(threading.enumerate())
     for case, (make, _) in BAD_FILES.items():

@@ -152,7 +152,7 @@ async def test_tool_hooks_use_the_dispatcher_and_fail_closed(
         @hookimpl(tryfirst=True)
         async def aipersona_before_tool_call(self, name: str) -> Any:
             calls.append(f"policy {name}")
-            if name == "get_persona":
+            if name == "persona":
                 raise RuntimeError("policy service down")
             return None
 
@@ -179,7 +179,7 @@ async def test_tool_hooks_use_the_dispatcher_and_fail_closed(
             schema = {"type": "object", "properties": {"value": {"type": "string"}}}
             return [Tool("echo", "echo a value", schema, echo)]
 
-    fake_llm.push("chat", Tools([("get_persona", {}), ("echo", {"value": "hi"})]), "done")
+    fake_llm.push("chat", Tools([("persona", {"op": "get"}), ("echo", {"value": "hi"})]), "done")
     plugins = [Lenient(), Policy(), Tools_()]
     async with PersonaCore(make_config(db_path, fake_llm.base_url), plugins=plugins) as core:
         reply = await core.respond(ALICE, "c", "hello")
@@ -187,8 +187,8 @@ async def test_tool_hooks_use_the_dispatcher_and_fail_closed(
     assert refused.error is not None and "refused" in refused.error and "Policy" in refused.error
     assert echoed.error is None and echoed.result == "hi"
     assert calls == [
-        "policy get_persona",
-        "after get_persona error",
+        "policy persona",
+        "after persona error",
         "policy echo",
         "lenient echo",
         "after echo ok",

@@ -64,9 +64,10 @@ class Recorder:
         self.events.append(("after", [(c.field, c.new_value, source) for c in changes]))
 
     @hookimpl
-    def aipersona_before_tool_call(self, name: str) -> Any:
+    def aipersona_before_tool_call(self, name: str, arguments: dict[str, Any]) -> Any:
         self.events.append(("before_tool", name))
-        return {"refused": True} if name == "forget_persona_field" else None
+        forget = name == "persona" and arguments.get("op") == "delete"
+        return {"refused": True} if forget else None
 
     @hookimpl
     def aipersona_after_tool_call(self, name: str, error: str | None) -> None:
@@ -86,9 +87,7 @@ async def test_plugin_fields_tools_and_hooks(fake_llm: FakeOpenAI, db_path: Path
     cfg = make_config(db_path, fake_llm.base_url, persona={"update_every": 1})
     fake_llm.push(
         "chat",
-        Tools(
-            [("boom", {}), ("slow", {}), ("forget_persona_field", {"field": "Demographics.Age"})]
-        ),
+        Tools([("boom", {}), ("slow", {}), ("persona", {"op": "delete", "field": "Age"})]),
         "done",
     )
     fake_llm.push(
@@ -121,7 +120,7 @@ async def test_plugin_fields_tools_and_hooks(fake_llm: FakeOpenAI, db_path: Path
         assert reply.tool_results[2].result == {"refused": True}
         req = fake_llm.chat_requests()[0]
         assert "Always answer in haiku." in system_text(req)
-        assert {t["function"]["name"] for t in req["tools"]} >= {"boom", "get_persona"}
+        assert {t["function"]["name"] for t in req["tools"]} >= {"boom", "persona"}
         await core.end_session(ALICE, "c")
         await core.wait_for_updates()
         persona = await core.persona(ALICE)
@@ -156,8 +155,8 @@ async def test_example_plugins_timezone_and_audit_log(
         "chat",
         Tools(
             [
-                ("update_persona_field", {"field": "Locale.Timezone", "value": "Mars/Olympus"}),
-                ("update_persona_field", {"field": "Locale.Timezone", "value": "Asia/Tokyo"}),
+                ("persona", {"op": "set", "field": "Timezone", "value": "Mars/Olympus"}),
+                ("persona", {"op": "set", "field": "Timezone", "value": "Asia/Tokyo"}),
                 ("current_time", {}),
             ]
         ),
@@ -179,8 +178,8 @@ async def test_example_plugins_timezone_and_audit_log(
         ("Locale.Timezone", "Asia/Tokyo", "tool")
     ]
     assert [e["tool"] for e in events if e["event"] == "tool_call"] == [
-        "update_persona_field",
-        "update_persona_field",
+        "persona",
+        "persona",
         "current_time",
     ]
 

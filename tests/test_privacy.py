@@ -79,7 +79,7 @@ async def test_with_encryption_no_value_or_message_is_in_the_database_files(
 ) -> None:
     cfg = encrypted(db_path, fake_llm.base_url, persona={"update_every": 1})
     fake_llm.push("json", updates((JOB, "set", f"{MARK} keeper", f"I keep {MARK}s")))
-    fake_llm.push("chat", Tools([("update_persona_field", {"field": AGE, "value": 33})]))
+    fake_llm.push("chat", Tools([("persona", {"op": "set", "field": AGE, "value": 33})]))
     async with PersonaCore(cfg) as core:
         reply = await core.respond(ALICE, "c", f"I keep {MARK}s and I am 33")
         assert reply.ok
@@ -248,10 +248,10 @@ async def test_zero_days_means_right_after_the_update(fake_llm: FakeOpenAI, data
 async def test_spent_user_budget_answers_politely_without_calling_the_model(
     fake_llm: FakeOpenAI, database: Any
 ) -> None:
-    cfg = make_config(database, fake_llm.base_url, limits={"tokens_per_user_per_day": 100})
+    cfg = make_config(database, fake_llm.base_url, limits={"tokens_per_user_per_day": 30})
     async with PersonaCore(cfg) as core:
         first = await core.respond(ALICE, "c", "hello")
-        assert first.ok and first.prompt_tokens > 100  # the fake reports chars / 4
+        assert first.ok and first.prompt_tokens > 30  # the fake reports chars / 4
         calls = len(fake_llm.chat_requests())
         second = await core.respond(ALICE, "c", "are you there?")
         assert (second.ok, second.error) == (False, "budget")
@@ -267,19 +267,19 @@ async def test_spent_user_budget_answers_politely_without_calling_the_model(
         ]
         used = await core.usage(ALICE, "c")
         assert used.today == first.prompt_tokens + first.completion_tokens
-        assert used.month == used.today and used.user_limit == 100
+        assert used.month == used.today and used.user_limit == 30
 
 
 async def test_spent_chat_budget_stops_everyone_in_that_chat_only(
     fake_llm: FakeOpenAI, db_path: Path
 ) -> None:
-    cfg = make_config(db_path, fake_llm.base_url, limits={"tokens_per_chat_per_day": 100})
+    cfg = make_config(db_path, fake_llm.base_url, limits={"tokens_per_chat_per_day": 30})
     async with PersonaCore(cfg) as core:
         assert (await core.respond(ALICE, "group", "hello all")).ok
         assert (await core.respond(BOB, "group", "hi")).error == "budget"
         assert (await core.respond(BOB, "dm", "hi")).ok
         used = await core.usage(BOB, "group")
-        assert used.chat_today > 100 and used.chat_limit == 100
+        assert used.chat_today > 30 and used.chat_limit == 30
 
 
 async def test_optimizer_tokens_count_and_wait_for_the_budget(
@@ -374,7 +374,7 @@ async def test_learning_off_makes_no_optimizer_call_and_no_tool_change(
     cfg = make_config(database, fake_llm.base_url, persona={"update_every": 1})
     async with PersonaCore(cfg) as core:
         assert await core.set_learning(ALICE, False) is True
-        fake_llm.push("chat", Tools([("update_persona_field", {"field": AGE, "value": 40})]))
+        fake_llm.push("chat", Tools([("persona", {"op": "set", "field": AGE, "value": 40})]))
         reply = await core.respond(ALICE, "c", "I am 40")
         assert reply.ok and "learning is off" in (reply.tool_results[0].error or "")
         await core.end_session(ALICE, "c")

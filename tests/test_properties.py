@@ -155,19 +155,17 @@ def test_random_edits_keep_the_persona_valid(harness: Harness, batches: list[lis
 
 
 @SETTINGS
-@given(args=st.lists(json_value | st.text(max_size=40), min_size=1, max_size=4))
+@given(args=st.lists(raw_edit | json_value | st.text(max_size=40), min_size=1, max_size=4))
 def test_random_tool_arguments_keep_the_persona_valid(harness: Harness, args: list[Any]) -> None:
     ident = Identity("prop", f"tools{next(_ids)}")
     calls = []
     for i, arg in enumerate(args):
+        if isinstance(arg, dict):  # every op, with whatever else came
+            arg = {"op": ("set", "delete", "append", "remove", "get")[i % 5], **arg}
         raw = arg if isinstance(arg, str) else json.dumps(arg)
-        name = "update_persona_field" if i % 2 == 0 else "forget_persona_field"
-        calls.append(ToolCall(f"c{i}", name, raw))
-    calls.append(
-        ToolCall(
-            "ok", "update_persona_field", json.dumps({"field": "Demographics.Age", "value": 5})
-        )
-    )
+        calls.append(ToolCall(f"c{i}", "persona", raw))
+    ok = {"op": "set", "field": "Demographics.Age", "value": 5}
+    calls.append(ToolCall("ok", "persona", json.dumps(ok)))
     harness.llm.tool_calls = calls
     reply = harness.run(harness.core.respond(ident, "c", "remember things"))
     assert reply.ok and len(reply.tool_results) == len(calls)

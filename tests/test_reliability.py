@@ -160,19 +160,20 @@ async def test_invalid_tool_arguments_leave_persona_valid(
             "chat",
             Tools(
                 [
-                    ("update_persona_field", "{not json"),
-                    ("update_persona_field", "[1, 2]"),
-                    ("update_persona_field", {"field": "Demographics.Age", "value": "old"}),
-                    ("update_persona_field", {"field": "No.Such", "value": "x"}),
-                    ("update_persona_field", {"value": 3}),
-                    ("forget_persona_field", {"field": 7}),
+                    ("persona", "{not json"),
+                    ("persona", "[1, 2]"),
+                    ("persona", {"op": "set", "field": "Demographics.Age", "value": "old"}),
+                    ("persona", {"op": "set", "field": "No.Such", "value": "x"}),
+                    ("persona", {"op": "set", "value": 3}),
+                    ("persona", {"op": "delete", "field": 7}),
+                    ("persona", {"op": "rewrite", "field": "Age", "value": 3}),
                 ]
             ),
             "done",
         )
         reply = await core.respond(ALICE, "c1", "hello")
         assert reply.ok and reply.text == "done"
-        assert len(reply.tool_results) == 6 and all(r.error for r in reply.tool_results)
+        assert len(reply.tool_results) == 7 and all(r.error for r in reply.tool_results)
         persona = await core.persona(ALICE)
         assert persona is not None and persona.values == KNOWN
 

@@ -39,7 +39,7 @@ class BenchScript:
 
     def role(self, req: dict[str, Any]) -> str:
         system = system_text(req)
-        if system.startswith("You maintain the persona"):
+        if system.startswith("You keep the persona"):
             return "optimizer"
         if system.startswith("[personabench:"):
             head = system.split("\n", 1)[0]
