@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 from typing import Any
 
 from aipersona.core import ConfigError, PersonaCore, freeze_startup_objects
-from aipersona.core.cli import add_config_options, load_config
+from aipersona.core.cli import add_config_options, load_config, stop_on_signals
 
 from .kit import Runner, installed_adapters
 
@@ -40,23 +39,24 @@ def _platforms(cfg: Any, only: list[str] | None) -> list[tuple[str, Runner, Any]
     return out
 
 
+def _beside(cfg: Any) -> list[tuple[str, Runner, Any]]:
+    """What runs beside the platforms: the dashboard with ``[dashboard] enabled = true``
+    (its token checked now, so a missing one stops the start with a clear line)."""
+    if not cfg.table("dashboard").get("enabled", False):
+        return []
+    from aipersona.dashboard.server import serve  # only when enabled
+    from aipersona.dashboard.settings import dashboard_settings
+
+    settings = dashboard_settings(cfg)
+    settings.token()
+    return [("dashboard", serve, settings)]
+
+
 async def _run(args: argparse.Namespace) -> int:
     cfg = load_config(args)
-    platforms = _platforms(cfg, args.platform)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    handled = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-            handled.append(sig)
-        except (NotImplementedError, RuntimeError):
-            pass
-    try:
+    platforms = _platforms(cfg, args.platform) + _beside(cfg)
+    with stop_on_signals() as stop:
         return await _serve(cfg, platforms, stop)
-    finally:
-        for sig in handled:
-            loop.remove_signal_handler(sig)
 
 
 async def _serve(cfg: Any, platforms: list[tuple[str, Runner, Any]], stop: asyncio.Event) -> int:

@@ -26,9 +26,26 @@ from .errors import (
     StructuredOutputError,
 )
 from .hooks import PluginHost, hookimpl
+from .insights import (
+    LOG_FILTERS,
+    BadQuery,
+    IdentityRow,
+    LinkedIdentity,
+    LogEntry,
+    OverviewData,
+    PersonaDetail,
+    PersonaPage,
+    PersonaQuery,
+    SessionRow,
+    UpdateLog,
+    UpdateRow,
+)
 from .llm import Completion, LLMClient, StreamEvent
 from .local_model import MODEL_ALIAS as LOCAL_MODEL_ALIAS
 from .local_model import LocalModelServer
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import Metrics
+from .operator import Operator, PluginReport
 from .schema import FieldSpec, PersonaSchema, clean_text, flatten, nest
 from .tools import Tool, ToolContext
 from .types import HistoryEntry, Identity, Persona, Reply, ToolResult, Usage
@@ -40,7 +57,10 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 __all__ = [
     "LOCAL_MODEL_ALIAS",
+    "LOG_FILTERS",
+    "METRICS_CONTENT_TYPE",
     "AipersonaError",
+    "BadQuery",
     "Change",
     "Completion",
     "Config",
@@ -51,28 +71,41 @@ __all__ = [
     "FieldValidationError",
     "HistoryEntry",
     "Identity",
+    "IdentityRow",
     "LLMClient",
     "LLMError",
     "LLMSettings",
+    "LinkedIdentity",
     "LocalModelError",
     "LocalModelServer",
+    "LogEntry",
+    "Metrics",
     "MigrationError",
     "NotAnAipersonaDatabase",
+    "Operator",
+    "OverviewData",
     "Persona",
     "PersonaCore",
+    "PersonaDetail",
     "PersonaNotFound",
+    "PersonaPage",
+    "PersonaQuery",
     "PersonaSchema",
     "PluginError",
     "PluginHost",
     "PluginInfo",
+    "PluginReport",
     "Rejected",
     "Reply",
+    "SessionRow",
     "StorageError",
     "StreamEvent",
     "StructuredOutputError",
     "Tool",
     "ToolContext",
     "ToolResult",
+    "UpdateLog",
+    "UpdateRow",
     "Usage",
     "__version__",
     "build_system_prompt",

@@ -64,11 +64,24 @@ class LLMSettings(_Section):
     # less CPU per request than the default httpx one; see BENCHMARKS.md
     http_client: Literal["httpx", "aiohttp"] = "httpx"
     tools: bool = True
+    # what the endpoint charges, in any currency per million tokens (0: unknown); the
+    # dashboard shows the estimated cost per day from them
+    input_price_per_mtok: float = Field(0.0, ge=0)
+    output_price_per_mtok: float = Field(0.0, ge=0)
     local: LocalModelSettings = LocalModelSettings()
 
     def api_key(self) -> str:
         """The key from the environment; local servers accept any placeholder."""
         return os.environ.get(self.api_key_env, "") or "not-needed"
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
+        """The estimated cost of those tokens at these prices (None when no price is set)."""
+        if not (self.input_price_per_mtok or self.output_price_per_mtok):
+            return None
+        return (
+            prompt_tokens * self.input_price_per_mtok
+            + completion_tokens * self.output_price_per_mtok
+        ) / 1e6
 
 
 class PersonaSettings(_Section):

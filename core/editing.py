@@ -9,6 +9,7 @@ The caller holds the persona's lock.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 
 from .edits import Change, Edit, Rejected
@@ -65,18 +66,24 @@ class PersonaEditor:
             refused = [Rejected(e, f"{e.field}: vetoed by {', '.join(vetoes)}") for e in edits]
             if outcome is not None:
                 notes = (*outcome.notes, *(r.reason for r in refused))
-                await self.storage.finish_update(outcome.update_id, notes)
+                await self.storage.finish_update(outcome.update_id, notes, seconds=outcome.seconds)
             self._log(persona_id, source, refused)
             return EditResult([], refused, persona)
-        if outcome is not None and refused:
-            outcome = UpdateOutcome(
-                outcome.update_id, (*outcome.notes, *(r.reason for r in refused))
+        if outcome is not None and refused:  # the tokens and the latency stay with it
+            outcome = dataclasses.replace(
+                outcome, notes=(*outcome.notes, *(r.reason for r in refused))
             )
         result = await self.storage.apply_edits(
             persona_id, edits, self.schema, source=source, session_ids=session_ids, outcome=outcome
         )
         result.rejected = refused + result.rejected
         self._log(persona_id, source, result.rejected)
+        await self.announce(result, source)
+        return result
+
+    async def announce(self, result: EditResult, source: str) -> list[Change]:
+        """Tell plugins about committed changes (``aipersona_after_persona_update``), also of
+        those made outside ``apply`` (rollback, undo); return the changes."""
         if result.changes:
             await self.hooks.notify(
                 "aipersona_after_persona_update",
@@ -84,7 +91,7 @@ class PersonaEditor:
                 changes=result.changes,
                 source=source,
             )
-        return result
+        return result.changes
 
     @staticmethod
     def _log(persona_id: int, source: str, rejected: list[Rejected]) -> None:

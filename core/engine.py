@@ -28,19 +28,23 @@ from .learning import LearningLoop
 from .llm import LLMClient
 from .local_model import MODEL_ALIAS, LocalModelServer
 from .locks import PersonLock
+from .metrics import Metrics
+from .operator import Operator
 from .optimizer import PersonaOptimizer
 from .persona_tool import persona_tool
 from .schema import FieldSpec, PersonaSchema
 from .storage import SessionRules, Storage, keyring_for, open_storage
 from .tools import Tool, ToolExecutor
 from .turn import OnDelta, TurnRunner
-from .types import EditResult, HistoryEntry, Identity, Persona, Reply, Usage
+from .types import HistoryEntry, Identity, Persona, Reply, Usage
 
 log = logging.getLogger(__name__)
 
 MAX_ROW_ID = 2**63 - 1  # the largest id (and count) SQL databases store: larger is unknown
 
 _frozen = False
+# failed turns counted per day in the store (the dashboard's overview), by ``Reply.error``
+DAILY_COUNTED = {"llm_unavailable": "chat_llm_errors", "budget": "budget_refusals"}
 
 
 def freeze_startup_objects() -> None:
@@ -87,6 +91,8 @@ class PersonaCore:
         self.started = False
         self._storage: Storage | None = None
         self._plugin_info: dict[str, PluginInfo] = {}
+        self.metrics = Metrics()  # this core's Prometheus series (the dashboard's /metrics)
+        self.operator = Operator(self)  # operators' views and edits by persona id
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -150,6 +156,7 @@ class PersonaCore:
             self.llm = await self._make_llm()
             if self.local_model is not None:
                 use_tools = False  # the 135M model cannot call tools; keep its prompt short
+        self.llm.observers.append(self.metrics.llm_call)
         self.executor = ToolExecutor(self.hooks, default_timeout=cfg.tools.timeout_seconds)
         builtin = persona_tool(self.schema, cfg.tools.disabled)
         for tool in [*([builtin] if builtin else []), *await self._plugin_tools()]:
@@ -180,6 +187,7 @@ class PersonaCore:
             tokens_per_user_per_day=cfg.limits.tokens_per_user_per_day,
             keep_messages_seconds=cfg.privacy.keep_messages_days * 86_400,
             purge_every_seconds=cfg.privacy.purge_every_minutes * 60,
+            metrics=self.metrics,
         )
         self.turns = TurnRunner(
             storage,
@@ -260,6 +268,8 @@ class PersonaCore:
         await self._close_resources()
 
     async def _close_resources(self) -> None:
+        if self.llm is not None and self.metrics.llm_call in self.llm.observers:
+            self.llm.observers.remove(self.metrics.llm_call)  # a host's client outlives us
         if self.llm is not None and self._own_llm:
             await self.llm.close()
         if self.local_model is not None:
@@ -306,7 +316,20 @@ class PersonaCore:
         apology as text. A message that is empty or longer than ``max_input_chars`` is
         refused (``Reply.error`` "empty" or "too_long") and not stored.
         """
-        return await self.turns.respond(identity, str(chat_id), text, on_delta)
+        started = time.perf_counter()
+        try:
+            reply = await self.turns.respond(identity, str(chat_id), text, on_delta)
+        except Exception:
+            self.metrics.turn("error", time.perf_counter() - started)
+            raise
+        self.metrics.turn(reply.error or "ok", time.perf_counter() - started)
+        counter = DAILY_COUNTED.get(reply.error or "")
+        if counter is not None and reply.persona_id is not None:
+            try:
+                await self.storage.record_counts(reply.persona_id, {counter: 1}, time.time())
+            except Exception:  # a count is not worth failing the reply for
+                log.exception("counting a failed turn failed")
+        return reply
 
     def tool_names(self) -> set[str]:
         """The names of the tools the chatbot is offered now."""
@@ -353,17 +376,13 @@ class PersonaCore:
 
     async def forget_field(self, identity: Identity, field_name: str) -> bool:
         """Delete one field; raises FieldValidationError for an unknown field name."""
-        spec = self.schema.get(field_name)
+        self.schema.get(field_name)
         persona_id = await self.storage.find_persona(identity)
         if persona_id is None:
             return False
-        async with self.locks.hold(persona_id):
-            result = await self.editor.apply(
-                persona_id, [Edit(spec.name, "delete", None, "user asked to forget")], source="user"
-            )
-        if result.rejected:
-            raise FieldValidationError(result.rejected[0].reason)
-        return bool(result.changes)
+        return await self.operator.forget_field(
+            persona_id, field_name, source="user", evidence="user asked to forget"
+        )
 
     async def forget_all(self, identity: Identity) -> bool:
         """Delete the person's persona, history, sessions, messages and updates (all linked
@@ -371,9 +390,7 @@ class PersonaCore:
         persona_id = await self.storage.find_persona(identity)
         if persona_id is None:
             return False
-        async with self.locks.hold(persona_id):
-            self.learning.cancel(persona_id)
-            return await self.storage.delete_persona(persona_id)
+        return await self.operator.forget_all(persona_id)
 
     async def export(self, identity: Identity) -> dict[str, Any] | None:
         persona_id = await self.storage.find_persona(identity)
@@ -417,7 +434,7 @@ class PersonaCore:
             return []
         async with self.locks.hold(persona_id):
             result = await self.storage.undo(persona_id, version_id)
-        return await self._changed(result, "user")
+        return await self.editor.announce(result, "user")
 
     async def correct(self, identity: Identity, field_name: str, value: str) -> list[Change]:
         """Set a field to the user's own value (a list field takes items separated by commas),
@@ -474,20 +491,7 @@ class PersonaCore:
             raise PersonaNotFound(f"no persona for {identity.platform}:{identity.user_id}")
         if not 0 < version_id <= MAX_ROW_ID:
             raise PersonaNotFound(f"no history entry {version_id} for this user")
-        async with self.locks.hold(persona_id):
-            result = await self.storage.rollback(persona_id, version_id)
-        return await self._changed(result, "rollback")
-
-    async def _changed(self, result: EditResult, source: str) -> list[Change]:
-        """Tell plugins about a change made outside the editor (rollback, undo)."""
-        if result.changes:
-            await self.hooks.notify(
-                "aipersona_after_persona_update",
-                persona=result.persona,
-                changes=result.changes,
-                source=source,
-            )
-        return result.changes
+        return await self.operator.rollback(persona_id, version_id)
 
     async def link(self, primary: Identity, other: Identity) -> int:
         return await self.storage.link(primary, other)

@@ -24,7 +24,10 @@ from .editing import PersonaEditor
 from .edits import Change
 from .errors import LLMError, PersonaNotFound
 from .hooks import Hooks
+from .insights import update_outcome
+from .llm import llm_role
 from .locks import PersonLock
+from .metrics import Metrics
 from .optimizer import PersonaOptimizer
 from .storage import Storage, Tokens, UpdateOutcome
 from .tools import ToolContext
@@ -52,6 +55,7 @@ class LearningLoop:
         tokens_per_user_per_day: int = 0,
         keep_messages_seconds: float | None = None,
         purge_every_seconds: float = 600.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.storage = storage
         self.optimizer = optimizer
@@ -65,6 +69,7 @@ class LearningLoop:
         self.budget = tokens_per_user_per_day
         self.keep_messages_seconds = keep_messages_seconds
         self.purge_every_seconds = purge_every_seconds
+        self.metrics = metrics or Metrics()
         self._purged_at = 0.0
         # who holds a claim: storage names its workers (and can tell when one is gone)
         self.owner = storage.worker_id
@@ -173,15 +178,21 @@ class LearningLoop:
             persona = await self.storage.load_persona(update.persona_id)
             if not persona.learning:
                 await self.storage.finish_update(update.id, (LEARNING_OFF_NOTE,))
+                self.metrics.update("rejected")
                 await self._purge_now()
                 return []
             transcripts = await self.storage.transcripts(update.persona_id, update.session_ids)
-            result = await self.optimizer.propose(persona.nested(), transcripts)
+            started, role = time.perf_counter(), llm_role.set("optimizer")
+            try:
+                result = await self.optimizer.propose(persona.nested(), transcripts)
+            finally:
+                llm_role.reset(role)
             used = result.completion
             outcome = UpdateOutcome(
                 update.id,
                 tuple(r.reason for r in result.rejected),
                 None if used is None else Tokens(used.prompt_tokens, used.completion_tokens),
+                seconds=time.perf_counter() - started,
             )
             async with self.locks.hold(update.persona_id):
                 # the before-hook sees the persona the edits were proposed for; storage
@@ -201,6 +212,8 @@ class LearningLoop:
         except Exception as exc:  # a bug or a hostile reply: still one bounded attempt
             log.exception("persona update %s raised", update.id)
             return await self._failed(update, f"{type(exc).__name__}: {exc}")
+        refused = len(result.rejected) + len(edited.rejected)
+        self.metrics.update(update_outcome(len(edited.changes), refused))
         log.info(
             "persona %s updated from sessions %s: %d change(s)",
             update.persona_id,
@@ -212,6 +225,7 @@ class LearningLoop:
 
     async def _failed(self, update: PendingUpdate, error: str) -> list[Change] | None:
         final = await self.storage.fail_update(update.id, error, self.max_attempts)
+        self.metrics.update("failed" if final else "retry")
         if final:
             await self._purge_now()
         log.warning(

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +23,13 @@ from .config import LLMSettings
 from .errors import LLMError, StructuredOutputError
 
 log = logging.getLogger(__name__)
+
+
+# whose model call this is, for the observers ("chat" unless the caller says otherwise: the
+# learning loop sets "optimizer" around its call)
+llm_role: ContextVar[str] = ContextVar("aipersona_llm_role", default="chat")
+# (role, prompt tokens, completion tokens, the error if it failed, seconds) of one request
+CallObserver = Callable[[str, int, int, LLMError | None, float], None]
 
 
 @dataclass
@@ -171,6 +180,16 @@ class LLMClient:
         )
         # in "auto" mode: the structured-output mode this server was found to accept
         self._json_mode: str | None = None
+        self.observers: list[CallObserver] = []  # told of every request (metrics)
+
+    def _observe(self, started: float, out: Completion | None, error: LLMError | None) -> None:
+        seconds = time.perf_counter() - started
+        role = llm_role.get()
+        for observer in self.observers:
+            if out is not None:
+                observer(role, out.prompt_tokens, out.completion_tokens, None, seconds)
+            else:
+                observer(role, 0, 0, error, seconds)
 
     async def close(self) -> None:
         await self.client.close()
@@ -228,6 +247,17 @@ class LLMClient:
             max_tokens=max_tokens,
             extra=extra,
         )
+        started = time.perf_counter()
+        try:
+            out = await self._request(params)
+        except LLMError as exc:
+            self._observe(started, None, exc)
+            raise
+        out.estimate_missing_usage(messages)
+        self._observe(started, out, None)
+        return out
+
+    async def _request(self, params: dict[str, Any]) -> Completion:
         try:
             resp = await self._create(params)
         except openai.OpenAIError as exc:
@@ -235,11 +265,9 @@ class LLMClient:
         except (ValueError, TypeError, RecursionError) as exc:  # a 2xx body that is not JSON
             raise LLMError(MALFORMED_REPLY) from exc
         try:
-            out = _parse_completion(resp)
+            return _parse_completion(resp)
         except (AttributeError, TypeError, ValueError, IndexError, KeyError, RecursionError) as exc:
             raise LLMError(MALFORMED_REPLY) from exc
-        out.estimate_missing_usage(messages)
-        return out
 
     async def stream(
         self,
@@ -256,6 +284,19 @@ class LLMClient:
         )
         params["stream"] = True
         params["stream_options"] = {"include_usage": True}  # the usage, in a last chunk
+        started = time.perf_counter()
+        try:
+            async for event in self._stream(params, messages):
+                if event.completion is not None:
+                    self._observe(started, event.completion, None)
+                yield event
+        except LLMError as exc:
+            self._observe(started, None, exc)
+            raise
+
+    async def _stream(
+        self, params: dict[str, Any], messages: list[dict[str, Any]]
+    ) -> AsyncIterator[StreamEvent]:
         out = Completion()
         calls: dict[int, dict[str, str]] = {}
         try:

@@ -57,7 +57,7 @@ class Bridge:
     ) -> None:
         self.core = core
         self.settings = settings
-        self.gate = Gate(settings)
+        self.gate = Gate(settings, on_limited=lambda: core.metrics.refused("rate_limit"))
         self.commands = tuple(commands)
         self._by_name = {spec.name: spec for spec in self.commands}
         self._usage = usage

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -70,9 +71,12 @@ class RateLimiter:
 class Gate:
     """The admission rules of one platform (one per adapter instance)."""
 
-    def __init__(self, settings: AdapterSettings) -> None:
+    def __init__(
+        self, settings: AdapterSettings, on_limited: Callable[[], None] | None = None
+    ) -> None:
         self.settings = settings
         self.limiter = RateLimiter(settings.rate_limit_per_minute)
+        self.on_limited = on_limited  # told of each event refused by the rate limit
         self._told_until: dict[str, float] = {}  # user -> end of the wait they were told of
         self._albums: dict[str, float] = {}  # "chat:album" answered -> when first seen
 
@@ -118,6 +122,8 @@ class Gate:
         if not wait:
             self._told_until.pop(key, None)
             return None
+        if self.on_limited is not None:
+            self.on_limited()
         now = time.monotonic()
         repeat = self._told_until.get(key, 0.0) > now
         if not repeat:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..edits import Edit
+from ..insights import OverviewData, PersonaDetail, PersonaPage, PersonaQuery, UpdateLog
 from ..schema import PersonaSchema
 from ..types import (
     EditResult,
@@ -62,6 +63,7 @@ class UpdateOutcome:
     update_id: int
     notes: tuple[str, ...] = ()  # why edits were refused (stored with the update)
     tokens: Tokens | None = None  # the optimizer call's usage, counted for the person
+    seconds: float | None = None  # the optimizer call's latency (the optimizer log shows it)
 
 
 class Storage(Protocol):
@@ -126,9 +128,16 @@ class Storage(Protocol):
         """Switch the person's learning (``Persona.learning``); True if it changed."""
 
     async def history(
-        self, persona_id: int, *, field: str | None = None, limit: int = 200, offset: int = 0
+        self,
+        persona_id: int,
+        *,
+        field: str | None = None,
+        limit: int = 200,
+        offset: int = 0,
+        version_id: int | None = None,
     ) -> list[HistoryEntry]:
-        """Versions, newest first (``offset``: skip that many, for pages)."""
+        """Versions, newest first (``offset``: skip that many, for pages; ``version_id``: only
+        that entry, if it is this persona's)."""
 
     async def export(self, persona_id: int) -> dict[str, Any]:
         """Everything stored about the person, as JSON-ready data."""
@@ -213,12 +222,52 @@ class Storage(Protocol):
     async def release_updates(self, owner: str) -> None:
         """Give back every claim ``owner`` still holds (on shutdown)."""
 
-    async def finish_update(self, update_id: int, notes: tuple[str, ...] = ()) -> None:
-        """Mark an update done without edits (e.g. vetoed by a plugin)."""
+    async def finish_update(
+        self, update_id: int, notes: tuple[str, ...] = (), *, seconds: float | None = None
+    ) -> None:
+        """Mark an update done without edits (e.g. vetoed by a plugin); outcome
+        ``rejected`` with notes, else ``unchanged``."""
 
     async def fail_update(self, update_id: int, error: str, max_attempts: int) -> bool:
         """Count a failed attempt and store the error; True if the update is now ``failed``
         for good (``max_attempts`` reached), False if it stays pending."""
+
+    # -- operators' views (the dashboard); read-only except ``record_counts`` -------------
+    async def record_counts(self, persona_id: int, counts: dict[str, int], now: float) -> None:
+        """Add to today's counters (``insights.COUNTERS``) for an event no other write
+        records (a chat reply the model failed, a budget refusal)."""
+
+    async def overview(self, since: float, now: float) -> OverviewData:
+        """Totals (people, open sessions, pending updates) and the counters of every UTC
+        day from ``since`` to ``now``. Reads a few hundred rows whatever the store's size."""
+
+    async def search_personas(self, query: PersonaQuery) -> PersonaPage:
+        """One page of people (``PersonaQuery``), each page one range of an index (keyset
+        pagination): no full scan, however deep the page. BadQuery for a foreign cursor."""
+
+    async def platforms(self) -> list[str]:
+        """The platforms people are known on, in order (a skip scan of the identity key)."""
+
+    async def persona_detail(
+        self, persona_id: int, *, history_limit: int = 50, history_before: int | None = None
+    ) -> PersonaDetail:
+        """One person for operators: values, identities, one page of history (entries with
+        ids below ``history_before``), pending updates, latest sessions, tokens of the last
+        30 days. PersonaNotFound if the persona does not exist."""
+
+    async def optimizer_log(
+        self,
+        *,
+        outcome: str | None = None,
+        persona_id: int | None = None,
+        before: int | None = None,
+        limit: int = 50,
+    ) -> UpdateLog:
+        """Persona updates newest first (ids below ``before``), each with the versions it
+        wrote and its notes opened; ``outcome``: one of ``insights.LOG_FILTERS``."""
+
+    async def open_sessions(self) -> int:
+        """How many sessions are open now (in every process that shares the store)."""
 
     # -- bulk access, for ``aipersona db copy`` (tables of ``shared.TABLES``) ----------------
     async def columns(self, table: str) -> list[str]:

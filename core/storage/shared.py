@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from ..edits import Change, Edit, Rejected
+from ..insights import COUNTERS
 from ..types import HistoryEntry, Identity, Persona
 from .base import SessionRules
 from .crypto import PREFIX
@@ -31,6 +32,7 @@ TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("sessions", ("id",)),
     ("messages", ("id",)),
     ("token_usage", ("persona_id", "platform", "chat_id", "day", "role")),
+    ("daily_stats", ("day", "name", "shard")),
 )
 
 # (table, key column, encrypted columns) of a person's rows: what encryption at rest seals
@@ -47,6 +49,12 @@ def skip_text(value: str | None, plain_only: bool) -> bool:
     return value is None or (plain_only and value.startswith(PREFIX))
 
 
+# the columns of a person's persona updates in an export (``notes`` is ``error``, opened)
+UPDATE_EXPORT_COLUMNS = (
+    "id, status, session_ids, attempts, error, created_at, finished_at, outcome,"
+    " edits_applied, edits_refused, prompt_tokens, completion_tokens, seconds"
+)
+
 # edits from these sources respect the learning switch and the values a user set
 AUTOMATIC_SOURCES = ("optimizer", "tool")
 
@@ -62,7 +70,11 @@ EXPORTED_TABLES = {
     "persona_updates": "persona_updates",
     "token_usage": "token_usage",
     "persona_keys": "encryption (whether and since when; never the key)",
+    # counts per day of everyone together, with no persona id: nobody's data
+    "daily_stats": "not exported: counts per day of all users together",
 }
+# tables whose rows belong to no one person (no persona_id column)
+SHARED_TABLES = ("daily_stats",)
 
 
 def estimate_tokens(text: str) -> int:
@@ -246,6 +258,29 @@ class IdentityCache:
 
     def __len__(self) -> int:
         return len(self._ids)
+
+
+def counter_rows(day: str, shard: int, counts: dict[str, int]) -> list[tuple[str, str, int, int]]:
+    """``daily_stats`` rows to add: (day, counter, shard, amount), zeros left out.
+    ValueError for a name that is not one of ``insights.COUNTERS``."""
+    unknown = set(counts) - set(COUNTERS)
+    if unknown:
+        raise ValueError(f"unknown counters: {sorted(unknown)}")
+    return [(day, name, shard, int(n)) for name, n in counts.items() if n]
+
+
+def finish_counts(outcome: str, applied: int, refused: int) -> dict[str, int]:
+    """The counters a finished update adds to."""
+    return {f"updates_{outcome}": 1, "edits_applied": applied, "edits_refused": refused}
+
+
+def usage_counts(role: str, prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    """The counters one model call adds to (``role``: chat or optimizer)."""
+    return {
+        f"{role}_calls": 1,
+        f"{role}_prompt_tokens": prompt_tokens,
+        f"{role}_completion_tokens": completion_tokens,
+    }
 
 
 def update_notes(outcome_notes: Iterable[str], rejected: Iterable[Rejected]) -> tuple[str, ...]:

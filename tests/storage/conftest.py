@@ -16,6 +16,7 @@ import pytest
 
 from aipersona.core.storage import Keyring, SessionRules, Storage
 from aipersona.core.storage.postgres import PostgresStorage
+from aipersona.core.storage.shared import SHARED_TABLES
 from aipersona.core.storage.sqlite import SQLiteStorage
 from tests import postgres
 
@@ -46,8 +47,9 @@ class Backend:
         return store
 
 
-# which column ties a table's rows to a persona
+# which column ties a table's rows to a persona (tables of everyone together have none)
 PERSONA_KEY = {"personas": "id"}
+NOBODYS = {"schema_migrations", *SHARED_TABLES}
 
 
 async def sqlite_backend(tmp_path: Path, keyring: Keyring | None = None) -> Backend:
@@ -68,7 +70,7 @@ async def sqlite_backend(tmp_path: Path, keyring: Keyring | None = None) -> Back
     def _rows(persona_id: int) -> dict[str, int]:
         out = {}
         with sqlite3.connect(path) as conn:
-            for table in _tables() - {"schema_migrations"}:
+            for table in _tables() - NOBODYS:
                 key = PERSONA_KEY.get(table, "persona_id")
                 sql = f"SELECT COUNT(*) FROM {table} WHERE {key} = ?"
                 out[table] = conn.execute(sql, (persona_id,)).fetchone()[0]
@@ -136,7 +138,7 @@ async def postgres_backend(
             conn = await probe()
             try:
                 out = {}
-                for table in await tables() - {"schema_migrations"}:
+                for table in await tables() - NOBODYS:
                     key = PERSONA_KEY.get(table, "persona_id")
                     sql = f"SELECT COUNT(*) FROM {table} WHERE {key} = $1"
                     out[table] = int(await conn.fetchval(sql, persona_id))

@@ -23,6 +23,14 @@ from typing import Any, TypeVar
 
 from ...edits import Edit
 from ...errors import StorageError
+from ...insights import (
+    OverviewData,
+    PersonaDetail,
+    PersonaPage,
+    PersonaQuery,
+    UpdateLog,
+    check_log_filter,
+)
 from ...schema import PersonaSchema
 from ...types import (
     EditResult,
@@ -37,6 +45,7 @@ from ...types import (
 from ..base import SessionRules, Tokens, UpdateOutcome
 from ..crypto import Keyring, check_master, required
 from ..migration_files import Migration, bundled_migrations
+from ..operator_sql import day_range
 from ..shared import (
     TABLES,
     IdentityCache,
@@ -48,8 +57,10 @@ from ..shared import (
     utc_day,
 )
 from . import migrations as mig
+from . import operator_queries as oq
 from . import persona_queries as pq
 from . import session_queries as sq
+from .counters import add_counts
 from .pool import connect, create_pool, safe_url
 
 T = TypeVar("T")
@@ -212,12 +223,30 @@ class PostgresStorage:
     ) -> EditResult:
         async def apply(conn: Any) -> EditResult:
             now = time.time()
+            update_id = None if outcome is None else outcome.update_id
             result = await pq.apply_edits(
-                conn, persona_id, edits, schema, source, session_ids or [], now, self.keyring
+                conn,
+                persona_id,
+                edits,
+                schema,
+                source,
+                session_ids or [],
+                now,
+                self.keyring,
+                update_id,
             )
             if outcome is not None:
                 notes = update_notes(outcome.notes, result.rejected)
-                await sq.finish_update(conn, outcome.update_id, notes, now, self.keyring)
+                await sq.finish_update(
+                    conn,
+                    outcome.update_id,
+                    notes,
+                    now,
+                    self.keyring,
+                    applied=len(result.changes),
+                    tokens=outcome.tokens,
+                    seconds=outcome.seconds,
+                )
                 if outcome.tokens is not None:
                     t = outcome.tokens
                     await sq.add_usage(
@@ -237,11 +266,19 @@ class PostgresStorage:
         return await self._write(pq.set_learning, persona_id, on, time.time())
 
     async def history(
-        self, persona_id: int, *, field: str | None = None, limit: int = 200, offset: int = 0
+        self,
+        persona_id: int,
+        *,
+        field: str | None = None,
+        limit: int = 200,
+        offset: int = 0,
+        version_id: int | None = None,
     ) -> list[HistoryEntry]:
         async def read(conn: Any) -> list[HistoryEntry]:
             seal = await pq.sealer(conn, self.keyring, persona_id)
-            return await pq.history(conn, persona_id, field, limit, seal, offset=offset)
+            return await pq.history(
+                conn, persona_id, field, limit, seal, offset=offset, version_id=version_id
+            )
 
         return await self._read(read)
 
@@ -377,13 +414,65 @@ class PostgresStorage:
     async def release_updates(self, owner: str) -> None:
         await self._write(sq.release_updates, owner)
 
-    async def finish_update(self, update_id: int, notes: tuple[str, ...] = ()) -> None:
-        await self._write(sq.finish_update, update_id, notes, time.time(), self.keyring)
+    async def finish_update(
+        self, update_id: int, notes: tuple[str, ...] = (), *, seconds: float | None = None
+    ) -> None:
+        async def finish(conn: Any) -> None:
+            await sq.finish_update(
+                conn, update_id, notes, time.time(), self.keyring, seconds=seconds
+            )
+
+        await self._write(finish)
 
     async def fail_update(self, update_id: int, error: str, max_attempts: int) -> bool:
         return await self._write(
             sq.fail_update, update_id, error, max_attempts, time.time(), self.keyring
         )
+
+    # -- operators' views -------------------------------------------------------------------
+
+    async def _report(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """``fn(conn, *args)`` in one read-only snapshot (repeatable read)."""
+        async with (
+            self._connection() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            return await fn(conn, *args)
+
+    async def record_counts(self, persona_id: int, counts: dict[str, int], now: float) -> None:
+        await self._write(add_counts, utc_day(now), persona_id, counts)
+
+    async def overview(self, since: float, now: float) -> OverviewData:
+        return await self._report(oq.overview, day_range(since, now))
+
+    async def search_personas(self, query: PersonaQuery) -> PersonaPage:
+        return await self._report(oq.search, query)
+
+    async def platforms(self) -> list[str]:
+        return await self._report(oq.platforms)
+
+    async def persona_detail(
+        self, persona_id: int, *, history_limit: int = 50, history_before: int | None = None
+    ) -> PersonaDetail:
+        return await self._report(
+            oq.detail, persona_id, self.keyring, history_limit, history_before, time.time()
+        )
+
+    async def optimizer_log(
+        self,
+        *,
+        outcome: str | None = None,
+        persona_id: int | None = None,
+        before: int | None = None,
+        limit: int = 50,
+    ) -> UpdateLog:
+        check_log_filter(outcome)
+        return await self._report(
+            oq.optimizer_log, self.keyring, outcome, persona_id, before, limit
+        )
+
+    async def open_sessions(self) -> int:
+        return await self._report(oq.open_session_count)
 
     # -- bulk access (aipersona db copy) ----------------------------------------------------
 

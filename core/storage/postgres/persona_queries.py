@@ -15,13 +15,16 @@ from ...types import EditResult, HistoryEntry, Identity, Persona
 from ..crypto import PLAIN, Keyring, Sealer
 from ..shared import (
     SEALED,
+    UPDATE_EXPORT_COLUMNS,
     export_document,
     history_entry,
     persona_from_rows,
     screen,
     skip_text,
     undo_change,
+    utc_day,
 )
+from .counters import add_counts
 
 Conn = Any  # an asyncpg connection
 
@@ -174,6 +177,7 @@ async def resolve(conn: Conn, ident: Identity, now: float) -> int:
         found = await persona_of(conn, ident)
         assert found is not None
         return found
+    await add_counts(conn, utc_day(now), int(persona_id), {"new_users": 1})
     return int(persona_id)
 
 
@@ -227,7 +231,18 @@ async def link(
         source,
     )
     await conn.execute("DELETE FROM personas WHERE id = $1", source)
+    await add_counts(conn, utc_day(now), source, {"users_removed": 1})
     return target
+
+
+async def persona_times(conn: Conn, persona_id: int) -> tuple[float, float]:
+    """When the persona was created and last changed (PersonaNotFound if it does not exist)."""
+    row = await conn.fetchrow(
+        "SELECT created_at, updated_at FROM personas WHERE id = $1", persona_id
+    )
+    if row is None:
+        raise PersonaNotFound(f"persona {persona_id} does not exist")
+    return float(row[0]), float(row[1])
 
 
 async def read_persona(conn: Conn, persona_id: int, seal: Sealer = PLAIN) -> Persona:
@@ -253,8 +268,15 @@ async def load_persona(
 
 
 async def _write_changes(
-    conn: Conn, persona: Persona, changes: list[Change], now: float, seal: Sealer
+    conn: Conn,
+    persona: Persona,
+    changes: list[Change],
+    now: float,
+    seal: Sealer,
+    update_id: int | None = None,
 ) -> None:
+    """Write ``changes`` as new versions (of the persona update ``update_id``, if one made
+    them) and update ``persona`` to match."""
     for ch in changes:
         latest = await conn.fetchval(
             "SELECT COALESCE(MAX(version), 0) FROM persona_versions"
@@ -265,8 +287,8 @@ async def _write_changes(
         ch.version = max(persona.versions.get(ch.field, 0), int(latest)) + 1
         await conn.execute(
             "INSERT INTO persona_versions (persona_id, field, version, op, old_value,"
-            " new_value, source, session_ids, evidence, created_at)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            " new_value, source, session_ids, evidence, created_at, update_id)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             persona.id,
             ch.field,
             ch.version,
@@ -277,6 +299,7 @@ async def _write_changes(
             dumps(ch.session_ids),
             seal.seal(ch.evidence) if ch.evidence else "",
             now,
+            update_id,
         )
         if ch.new_value is None:
             await conn.execute(
@@ -316,6 +339,7 @@ async def apply_edits(
     session_ids: list[int],
     now: float,
     keyring: Keyring | None = None,
+    update_id: int | None = None,
 ) -> EditResult:
     seal = await sealer(conn, keyring, persona_id, create=True)
     persona = await load_persona(conn, persona_id, seal, lock=True)
@@ -323,7 +347,7 @@ async def apply_edits(
     changes, rejected = plan_changes(
         allowed, schema, persona.values, source=source, session_ids=session_ids
     )
-    await _write_changes(conn, persona, changes, now, seal)
+    await _write_changes(conn, persona, changes, now, seal, update_id)
     return EditResult(changes, refused + rejected, persona)
 
 
@@ -392,7 +416,9 @@ async def history(
     *,
     version_id: int | None = None,
     offset: int = 0,
+    before: int | None = None,
 ) -> list[HistoryEntry]:
+    """Versions newest first (``before``: only ids below it, the next page's start)."""
     sql = (
         "SELECT id, field, version, op, old_value, new_value, source, session_ids, evidence,"
         " created_at FROM persona_versions WHERE persona_id = $1"
@@ -404,6 +430,9 @@ async def history(
     if version_id is not None:
         args.append(version_id)
         sql += f" AND id = ${len(args)}"
+    if before is not None:
+        args.append(before)
+        sql += f" AND id < ${len(args)}"
     sql += f" ORDER BY id DESC LIMIT ${len(args) + 1} OFFSET ${len(args) + 2}"
     rows = await conn.fetch(sql, *args, limit, offset)
     return [history_entry(r, seal.open_opt) for r in rows]
@@ -416,11 +445,7 @@ async def _rows(conn: Conn, sql: str, persona_id: int) -> list[dict[str, Any]]:
 async def export(
     conn: Conn, persona_id: int, now: float, keyring: Keyring | None = None
 ) -> dict[str, Any]:
-    row = await conn.fetchrow(
-        "SELECT created_at, updated_at FROM personas WHERE id = $1", persona_id
-    )
-    if row is None:
-        raise PersonaNotFound(f"persona {persona_id} does not exist")
+    row = await persona_times(conn, persona_id)
     seal = await sealer(conn, keyring, persona_id)
     since = await conn.fetchval(
         "SELECT created_at FROM persona_keys WHERE persona_id = $1", persona_id
@@ -454,8 +479,8 @@ async def export(
         messages=messages,
         updates=await _rows(
             conn,
-            "SELECT id, status, session_ids, attempts, error, created_at, finished_at"
-            " FROM persona_updates WHERE persona_id = $1 ORDER BY id",
+            f"SELECT {UPDATE_EXPORT_COLUMNS} FROM persona_updates WHERE persona_id = $1"
+            " ORDER BY id",
             persona_id,
         ),
         usage=await _rows(
@@ -471,4 +496,7 @@ async def export(
 
 async def delete(conn: Conn, persona_id: int) -> bool:
     status = await conn.execute("DELETE FROM personas WHERE id = $1", persona_id)
-    return bool(status != "DELETE 0")
+    if status == "DELETE 0":
+        return False
+    await add_counts(conn, utc_day(time.time()), persona_id, {"users_removed": 1})
+    return True

@@ -18,11 +18,13 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from ...insights import update_outcome
 from ...types import Identity, PendingUpdate, Transcript, TurnStart, Usage
-from ..base import SessionRules
+from ..base import SessionRules, Tokens
 from ..crypto import PLAIN, Keyring, Sealer
-from ..shared import trim_history
+from ..shared import finish_counts, trim_history, usage_counts, utc_day
 from . import persona_queries
+from .counters import add_counts
 
 Conn = Any
 
@@ -159,6 +161,7 @@ async def begin_turn(
         now,
         persona_id,
     )
+    await add_counts(conn, utc_day(now), persona_id, {"messages": 1})
     return TurnStart(
         persona_id,
         stored.session_id,
@@ -333,17 +336,35 @@ async def finish_update(
     notes: tuple[str, ...] | list[str],
     now: float,
     keyring: Keyring | None = None,
+    *,
+    applied: int = 0,
+    tokens: Tokens | None = None,
+    seconds: float | None = None,
 ) -> None:
+    """Mark the update done with how it ended: ``applied`` changes, the refusal ``notes``,
+    the optimizer call's tokens and latency; and count it for the day."""
     note = "; ".join(notes)[:2000].replace("\x00", "") or None
     if note is not None:
         note = (await _update_sealer(conn, update_id, keyring)).seal(note)
-    await conn.execute(
+    outcome = update_outcome(applied, len(notes))
+    persona_id = await conn.fetchval(
         "UPDATE persona_updates SET status = 'done', attempts = attempts + 1, error = $1,"
-        " finished_at = $2, claimed_by = NULL, claimed_until = NULL WHERE id = $3",
+        " finished_at = $2, claimed_by = NULL, claimed_until = NULL, outcome = $3,"
+        " edits_applied = $4, edits_refused = $5, prompt_tokens = $6, completion_tokens = $7,"
+        " seconds = $8 WHERE id = $9 RETURNING persona_id",
         note,
         now,
+        outcome,
+        applied,
+        len(notes),
+        None if tokens is None else tokens.prompt,
+        None if tokens is None else tokens.completion,
+        seconds,
         update_id,
     )
+    if persona_id is not None:
+        counts = finish_counts(outcome, applied, len(notes))
+        await add_counts(conn, utc_day(now), int(persona_id), counts)
 
 
 async def fail_update(
@@ -354,23 +375,27 @@ async def fail_update(
     now: float,
     keyring: Keyring | None = None,
 ) -> bool:
-    attempts = await conn.fetchval(
-        "SELECT attempts FROM persona_updates WHERE id = $1 AND status = 'pending' FOR UPDATE",
+    row = await conn.fetchrow(
+        "SELECT attempts, persona_id FROM persona_updates WHERE id = $1 AND status = 'pending'"
+        " FOR UPDATE",
         update_id,
     )
-    if attempts is None:
+    if row is None:
         return True
-    attempts = int(attempts) + 1
+    attempts = int(row[0]) + 1
     final = attempts >= max_attempts
     await conn.execute(
         "UPDATE persona_updates SET attempts = $1, status = $2, error = $3, finished_at = $4,"
-        " claimed_by = NULL, claimed_until = NULL WHERE id = $5",
+        " claimed_by = NULL, claimed_until = NULL, outcome = $5 WHERE id = $6",
         attempts,
         "failed" if final else "pending",
         (await _update_sealer(conn, update_id, keyring)).seal(error[:2000].replace("\x00", "")),
         now if final else None,
+        "failed" if final else None,
         update_id,
     )
+    counts = {"update_attempts_failed": 1, "updates_failed": int(final)}
+    await add_counts(conn, utc_day(now), int(row[1]), counts)
     return final
 
 
@@ -402,6 +427,7 @@ async def add_usage(
         prompt_tokens,
         completion_tokens,
     )
+    await add_counts(conn, day, persona_id, usage_counts(role, prompt_tokens, completion_tokens))
 
 
 async def usage(conn: Conn, persona_id: int, platform: str, chat_id: str, day: str) -> Usage:

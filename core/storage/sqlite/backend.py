@@ -6,12 +6,22 @@ per-message path is two write transactions (``begin_turn``, ``add_reply``).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, TypeVar
 
 from ...edits import Edit
+from ...insights import (
+    OverviewData,
+    PersonaDetail,
+    PersonaPage,
+    PersonaQuery,
+    UpdateLog,
+    check_log_filter,
+)
 from ...schema import PersonaSchema
 from ...types import (
     EditResult,
@@ -25,6 +35,7 @@ from ...types import (
 )
 from ..base import SessionRules, Tokens, UpdateOutcome
 from ..crypto import Keyring, required
+from ..operator_sql import day_range
 from ..shared import (
     IdentityCache,
     keyset_sql,
@@ -34,9 +45,11 @@ from ..shared import (
     upsert_sql,
     utc_day,
 )
+from . import operator_queries as oq
 from . import persona_queries as pq
 from . import session_queries as sq
 from .connection import Connection
+from .counters import add_counts
 from .migrations import (
     Migration,
     applied_versions,
@@ -48,6 +61,7 @@ from .migrations import (
 from .person_locks import PersonLocks
 
 ID_CACHE_MAX = 100_000
+T = TypeVar("T")
 
 
 class SQLiteStorage:
@@ -67,6 +81,11 @@ class SQLiteStorage:
         self._ids = IdentityCache(ID_CACHE_MAX)
         on_disk = db.path != ":memory:" and not db.path.startswith("file:")
         self._person_locks = PersonLocks(db.path) if on_disk else None
+        self._busy_timeout_ms = 10_000
+        # operators' reads get a connection (and a thread) of their own, opened when first
+        # needed: a dashboard page never waits behind, or delays, the message path
+        self._reader: Connection | None = None
+        self._reader_opening = asyncio.Lock()
 
     @classmethod
     async def open(
@@ -89,11 +108,16 @@ class SQLiteStorage:
                 check_keys(conn, where, keyring)
 
         db = await Connection.open(path, busy_timeout_ms=busy_timeout_ms, check=check)
-        return cls(db, rules or SessionRules(), keyring)
+        store = cls(db, rules or SessionRules(), keyring)
+        store._busy_timeout_ms = busy_timeout_ms
+        return store
 
     async def close(self) -> None:
         if self._person_locks is not None:
             self._person_locks.close()
+        if self._reader is not None:
+            await self._reader.close()
+            self._reader = None
         await self.db.close()
 
     async def migrate(self, migrations: list[Migration] | None = None) -> list[str]:
@@ -152,12 +176,30 @@ class SQLiteStorage:
     ) -> EditResult:
         def apply(conn: Any) -> EditResult:
             now = time.time()
+            update_id = None if outcome is None else outcome.update_id
             result = pq.apply_edits(
-                conn, persona_id, edits, schema, source, session_ids or [], now, self.keyring
+                conn,
+                persona_id,
+                edits,
+                schema,
+                source,
+                session_ids or [],
+                now,
+                self.keyring,
+                update_id,
             )
             if outcome is not None:
                 notes = update_notes(outcome.notes, result.rejected)
-                sq.finish_update(conn, outcome.update_id, notes, now, self.keyring)
+                sq.finish_update(
+                    conn,
+                    outcome.update_id,
+                    notes,
+                    now,
+                    self.keyring,
+                    applied=len(result.changes),
+                    tokens=outcome.tokens,
+                    seconds=outcome.seconds,
+                )
                 if outcome.tokens is not None:
                     t = outcome.tokens
                     sq.add_usage(
@@ -177,11 +219,19 @@ class SQLiteStorage:
         return await self.db.write(pq.set_learning, persona_id, on, time.time())
 
     async def history(
-        self, persona_id: int, *, field: str | None = None, limit: int = 200, offset: int = 0
+        self,
+        persona_id: int,
+        *,
+        field: str | None = None,
+        limit: int = 200,
+        offset: int = 0,
+        version_id: int | None = None,
     ) -> list[HistoryEntry]:
         def read(conn: Any) -> list[HistoryEntry]:
             seal = pq.sealer(conn, self.keyring, persona_id)
-            return pq.history(conn, persona_id, field, limit, seal, offset=offset)
+            return pq.history(
+                conn, persona_id, field, limit, seal, offset=offset, version_id=version_id
+            )
 
         return await self.db.read(read)
 
@@ -317,13 +367,67 @@ class SQLiteStorage:
     async def release_updates(self, owner: str) -> None:
         await self.db.write(sq.release_updates, owner)
 
-    async def finish_update(self, update_id: int, notes: tuple[str, ...] = ()) -> None:
-        await self.db.write(sq.finish_update, update_id, notes, time.time(), self.keyring)
+    async def finish_update(
+        self, update_id: int, notes: tuple[str, ...] = (), *, seconds: float | None = None
+    ) -> None:
+        def finish(conn: Any) -> None:
+            sq.finish_update(conn, update_id, notes, time.time(), self.keyring, seconds=seconds)
+
+        await self.db.write(finish)
 
     async def fail_update(self, update_id: int, error: str, max_attempts: int) -> bool:
         return await self.db.write(
             sq.fail_update, update_id, error, max_attempts, time.time(), self.keyring
         )
+
+    # -- operators' views -------------------------------------------------------------------
+
+    async def _report(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(conn, *args)`` in one snapshot on the operators' own connection (the main
+        one for an in-memory database, which a second connection would not see)."""
+        if self._person_locks is None:
+            return await self.db.snapshot(fn, *args)
+        async with self._reader_opening:
+            if self._reader is None:
+                self._reader = await Connection.open(
+                    self.db.path, busy_timeout_ms=self._busy_timeout_ms, read_only=True
+                )
+        return await self._reader.snapshot(fn, *args)
+
+    async def record_counts(self, persona_id: int, counts: dict[str, int], now: float) -> None:
+        await self.db.write(add_counts, utc_day(now), counts)
+
+    async def overview(self, since: float, now: float) -> OverviewData:
+        return await self._report(oq.overview, day_range(since, now))
+
+    async def search_personas(self, query: PersonaQuery) -> PersonaPage:
+        return await self._report(oq.search, query)
+
+    async def platforms(self) -> list[str]:
+        return await self._report(oq.platforms)
+
+    async def persona_detail(
+        self, persona_id: int, *, history_limit: int = 50, history_before: int | None = None
+    ) -> PersonaDetail:
+        return await self._report(
+            oq.detail, persona_id, self.keyring, history_limit, history_before, time.time()
+        )
+
+    async def optimizer_log(
+        self,
+        *,
+        outcome: str | None = None,
+        persona_id: int | None = None,
+        before: int | None = None,
+        limit: int = 50,
+    ) -> UpdateLog:
+        check_log_filter(outcome)
+        return await self._report(
+            oq.optimizer_log, self.keyring, outcome, persona_id, before, limit
+        )
+
+    async def open_sessions(self) -> int:
+        return await self._report(oq.open_session_count)
 
     # -- bulk access (aipersona db copy) ----------------------------------------------------
 

@@ -72,6 +72,17 @@ def _in_transaction(conn: sqlite3.Connection, fn: Callable[..., T], args: tuple[
     return result
 
 
+def _in_snapshot(conn: sqlite3.Connection, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+    """On the worker thread: ``fn(conn, *args)`` inside a read transaction, so all its
+    statements see one snapshot of the database (WAL: writers go on meanwhile)."""
+    conn.execute("BEGIN")
+    try:
+        return fn(conn, *args)
+    finally:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+
+
 def _on_worker_thread(conn: aiosqlite.Connection) -> Callable[..., Any]:
     """aiosqlite's (private) "run this function on the connection's thread" entry point."""
     execute = getattr(conn, "_execute", None)
@@ -173,14 +184,18 @@ class Connection:
         *,
         busy_timeout_ms: int = 10_000,
         check: Callable[[sqlite3.Connection, str], None] | None = None,
+        read_only: bool = False,
     ) -> Connection:
         """Open (creating if new) a database file.
 
         ``check(conn, path)`` runs before any pragma writes (refusing a foreign or a too-new
         database leaves its file as it was). On any failure the connection and its worker
-        thread are closed before the error propagates.
+        thread are closed before the error propagates. ``read_only``: a second connection
+        to an open database for reads only (``PRAGMA query_only``), without a checkpointer.
         """
         on_disk = path != ":memory:" and not path.startswith("file:")
+        if read_only:
+            return await cls._open_reader(path, busy_timeout_ms)
         if on_disk:
             await asyncio.to_thread(prepare_path, path)
         try:
@@ -214,6 +229,21 @@ class Connection:
             db._checkpointer.start()
         return db
 
+    @classmethod
+    async def _open_reader(cls, path: str, busy_timeout_ms: int) -> Connection:
+        try:
+            raw = await aiosqlite.connect(path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open database {path}: {exc}") from None
+        db = cls(raw, path)
+        try:
+            for pragma in (f"busy_timeout = {int(busy_timeout_ms)}", "query_only = ON"):
+                await db.read(_set_pragma, pragma)
+        except BaseException:
+            await raw.close()
+            raise
+        return db
+
     async def close(self) -> None:
         if self._checkpointer is not None:
             self._checkpointer.stop.set()
@@ -228,6 +258,11 @@ class Connection:
         """
         result: T = await self._run(fn, self._conn._conn, *args)
         return result
+
+    async def snapshot(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(conn, *args)`` on the worker thread in one read transaction (one consistent
+        view for several statements)."""
+        return await self.read(_in_snapshot, fn, args)
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(conn, *args)`` as one ``BEGIN IMMEDIATE`` transaction in one round trip.

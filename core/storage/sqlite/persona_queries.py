@@ -17,13 +17,16 @@ from ...types import EditResult, HistoryEntry, Identity, Persona
 from ..crypto import PLAIN, Keyring, Sealer
 from ..shared import (
     SEALED,
+    UPDATE_EXPORT_COLUMNS,
     export_document,
     history_entry,
     persona_from_rows,
     screen,
     skip_text,
     undo_change,
+    utc_day,
 )
+from .counters import add_counts
 
 
 def dumps(value: Any) -> str:
@@ -95,6 +98,7 @@ def resolve(conn: sqlite3.Connection, ident: Identity, now: float) -> int:
         " linked_at) VALUES (?, ?, ?, ?, ?)",
         (*ident.key, persona_id, ident.display_name, now),
     )
+    add_counts(conn, utc_day(now), {"new_users": 1})
     return persona_id
 
 
@@ -197,10 +201,21 @@ def link(
         (target, source),
     )
     conn.execute("DELETE FROM personas WHERE id = ?", (source,))
+    add_counts(conn, utc_day(now), {"users_removed": 1})
     return target
 
 
 # -- personas --------------------------------------------------------------------------------
+
+
+def persona_times(conn: sqlite3.Connection, persona_id: int) -> tuple[float, float]:
+    """When the persona was created and last changed (PersonaNotFound if it does not exist)."""
+    row = conn.execute(
+        "SELECT created_at, updated_at FROM personas WHERE id = ?", (persona_id,)
+    ).fetchone()
+    if row is None:
+        raise PersonaNotFound(f"persona {persona_id} does not exist")
+    return float(row[0]), float(row[1])
 
 
 def read_persona(conn: sqlite3.Connection, persona_id: int, seal: Sealer = PLAIN) -> Persona:
@@ -222,9 +237,15 @@ def load_persona(conn: sqlite3.Connection, persona_id: int, seal: Sealer = PLAIN
 
 
 def _write_changes(
-    conn: sqlite3.Connection, persona: Persona, changes: list[Change], now: float, seal: Sealer
+    conn: sqlite3.Connection,
+    persona: Persona,
+    changes: list[Change],
+    now: float,
+    seal: Sealer,
+    update_id: int | None = None,
 ) -> None:
-    """Write ``changes`` as new versions and update ``persona`` to match."""
+    """Write ``changes`` as new versions (of the persona update ``update_id``, if one made
+    them) and update ``persona`` to match."""
     for ch in changes:
         # versions count per field and never go back, even across deletes
         row = conn.execute(
@@ -235,8 +256,8 @@ def _write_changes(
         ch.version = max(persona.versions.get(ch.field, 0), int(row[0])) + 1
         conn.execute(
             "INSERT INTO persona_versions (persona_id, field, version, op, old_value,"
-            " new_value, source, session_ids, evidence, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " new_value, source, session_ids, evidence, created_at, update_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 persona.id,
                 ch.field,
@@ -248,6 +269,7 @@ def _write_changes(
                 dumps(ch.session_ids),
                 seal.seal(ch.evidence) if ch.evidence else "",
                 now,
+                update_id,
             ),
         )
         if ch.new_value is None:
@@ -282,6 +304,7 @@ def apply_edits(
     session_ids: list[int],
     now: float,
     keyring: Keyring | None = None,
+    update_id: int | None = None,
 ) -> EditResult:
     seal = sealer(conn, keyring, persona_id, create=True)
     persona = load_persona(conn, persona_id, seal)
@@ -289,7 +312,7 @@ def apply_edits(
     changes, rejected = plan_changes(
         allowed, schema, persona.values, source=source, session_ids=session_ids
     )
-    _write_changes(conn, persona, changes, now, seal)
+    _write_changes(conn, persona, changes, now, seal, update_id)
     return EditResult(changes, refused + rejected, persona)
 
 
@@ -362,7 +385,9 @@ def history(
     *,
     version_id: int | None = None,
     offset: int = 0,
+    before: int | None = None,
 ) -> list[HistoryEntry]:
+    """Versions newest first (``before``: only ids below it, the next page's start)."""
     sql = (
         "SELECT id, field, version, op, old_value, new_value, source, session_ids, evidence,"
         " created_at FROM persona_versions WHERE persona_id = ?"
@@ -374,6 +399,9 @@ def history(
     if version_id is not None:
         sql += " AND id = ?"
         params += (version_id,)
+    if before is not None:
+        sql += " AND id < ?"
+        params += (before,)
     sql += " ORDER BY id DESC LIMIT ? OFFSET ?"
     rows = conn.execute(sql, (*params, limit, offset)).fetchall()
     return [history_entry(r, seal.open_opt) for r in rows]
@@ -389,11 +417,7 @@ def export(
     conn: sqlite3.Connection, persona_id: int, now: float, keyring: Keyring | None = None
 ) -> dict[str, Any]:
     """Every row of every table that belongs to the persona (see ``shared.EXPORTED_TABLES``)."""
-    row = conn.execute(
-        "SELECT created_at, updated_at FROM personas WHERE id = ?", (persona_id,)
-    ).fetchone()
-    if row is None:
-        raise PersonaNotFound(f"persona {persona_id} does not exist")
+    row = persona_times(conn, persona_id)
     seal = sealer(conn, keyring, persona_id)
     key = conn.execute(
         "SELECT created_at FROM persona_keys WHERE persona_id = ?", (persona_id,)
@@ -427,8 +451,7 @@ def export(
         messages=messages,
         updates=_rows(
             conn,
-            "SELECT id, status, session_ids, attempts, error, created_at, finished_at"
-            " FROM persona_updates WHERE persona_id = ? ORDER BY id",
+            f"SELECT {UPDATE_EXPORT_COLUMNS} FROM persona_updates WHERE persona_id = ? ORDER BY id",
             persona_id,
         ),
         usage=_rows(
@@ -446,4 +469,7 @@ def delete(conn: sqlite3.Connection, persona_id: int) -> bool:
     """Delete the persona; every table's rows go with it (ON DELETE CASCADE), its data key
     included."""
     cur = conn.execute("DELETE FROM personas WHERE id = ?", (persona_id,))
-    return (cur.rowcount or 0) > 0
+    if not cur.rowcount:
+        return False
+    add_counts(conn, utc_day(time.time()), {"users_removed": 1})
+    return True

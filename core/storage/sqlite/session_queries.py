@@ -16,11 +16,13 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
+from ...insights import update_outcome
 from ...types import Identity, PendingUpdate, Transcript, TurnStart, Usage
-from ..base import SessionRules
+from ..base import SessionRules, Tokens
 from ..crypto import PLAIN, Keyring, Sealer
-from ..shared import trim_history
+from ..shared import finish_counts, trim_history, usage_counts, utc_day
 from . import persona_queries
+from .counters import add_counts
 
 
 @dataclass
@@ -97,6 +99,7 @@ def begin_turn(
         "UPDATE personas SET noticed_at = ? WHERE id = ? AND noticed_at IS NULL",
         (now, persona_id),
     ).rowcount
+    add_counts(conn, utc_day(now), {"messages": 1})
     return TurnStart(
         persona_id,
         stored.session_id,
@@ -301,15 +304,36 @@ def finish_update(
     notes: tuple[str, ...] | list[str],
     now: float,
     keyring: Keyring | None = None,
+    *,
+    applied: int = 0,
+    tokens: Tokens | None = None,
+    seconds: float | None = None,
 ) -> None:
+    """Mark the update done with how it ended: ``applied`` changes, the refusal ``notes``,
+    the optimizer call's tokens and latency; and count it for the day."""
     note = "; ".join(notes)[:2000] or None
     if note is not None:
         note = _update_sealer(conn, update_id, keyring).seal(note)
-    conn.execute(
+    outcome = update_outcome(applied, len(notes))
+    cur = conn.execute(
         "UPDATE persona_updates SET status = 'done', attempts = attempts + 1, error = ?,"
-        " finished_at = ?, claimed_by = NULL, claimed_until = NULL WHERE id = ?",
-        (note, now, update_id),
+        " finished_at = ?, claimed_by = NULL, claimed_until = NULL, outcome = ?,"
+        " edits_applied = ?, edits_refused = ?, prompt_tokens = ?, completion_tokens = ?,"
+        " seconds = ? WHERE id = ?",
+        (
+            note,
+            now,
+            outcome,
+            applied,
+            len(notes),
+            None if tokens is None else tokens.prompt,
+            None if tokens is None else tokens.completion,
+            seconds,
+            update_id,
+        ),
     )
+    if cur.rowcount:
+        add_counts(conn, utc_day(now), finish_counts(outcome, applied, len(notes)))
 
 
 def fail_update(
@@ -329,15 +353,17 @@ def fail_update(
     final = attempts >= max_attempts
     conn.execute(
         "UPDATE persona_updates SET attempts = ?, status = ?, error = ?, finished_at = ?,"
-        " claimed_by = NULL, claimed_until = NULL WHERE id = ?",
+        " claimed_by = NULL, claimed_until = NULL, outcome = ? WHERE id = ?",
         (
             attempts,
             "failed" if final else "pending",
             _update_sealer(conn, update_id, keyring).seal(error[:2000]),
             now if final else None,
+            "failed" if final else None,
             update_id,
         ),
     )
+    add_counts(conn, utc_day(now), {"update_attempts_failed": 1, "updates_failed": int(final)})
     return final
 
 
@@ -362,6 +388,7 @@ def add_usage(
         " completion_tokens = completion_tokens + excluded.completion_tokens",
         (persona_id, platform, chat_id, day, role, prompt_tokens, completion_tokens),
     )
+    add_counts(conn, day, usage_counts(role, prompt_tokens, completion_tokens))
 
 
 def usage(

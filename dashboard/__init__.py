@@ -1,0 +1,1 @@
+"""The operator dashboard: a web page to see what the bot learns, and its /metrics."""
