@@ -54,10 +54,20 @@ async def _run(args: argparse.Namespace) -> int:
     table: dict[str, Any] = results["summary"]
     for cond, row in table.items():
         cells = ", ".join(
-            f"{key}={row[key]:.2f}" if isinstance(row[key], float) else f"{key}={row[key]}"
-            for key in ("helpfulness", "personalization", "utterances", "persona_similarity", "n")
+            f"{name}={_cell(row[key])}"
+            for key, name in (
+                ("helpfulness", "helpfulness(0-10)"),
+                ("personalization", "personalization(0-10)"),
+                ("utterances", f"utterances(1-{results['max_turns']})"),
+                ("persona_similarity", "similarity(0-10)"),
+                ("lexical_similarity", "lexical(0-1)"),
+                ("n", "n"),
+            )
         )
-        print(f"{cond}: {cells}")
+        print(f"{results['labels'].get(cond, cond)}: {cells}")
+    errored = sum(row["with_errors"] for row in table.values())
+    if errored:
+        print(f"{errored} session(s) had errors (see the report)", file=sys.stderr)
     print(f"report: {args.out}/{REPORT_FILE}")
     if results["failed_jobs"]:
         print(
@@ -67,6 +77,12 @@ async def _run(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

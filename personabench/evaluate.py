@@ -4,23 +4,34 @@ Conditions:
 
 - ``no_persona``: the chatbot with an empty persona that never learns;
 - ``golden_persona``: the chatbot given the golden persona (written through ``edit_persona``);
-- ``rag``: empty persona, plus the top past turns of this user (earlier sessions) retrieved by
-  lexical overlap with the current message and put into the system prompt (a plugin's
-  ``aipersona_build_prompt`` section);
+- ``rag``: empty persona, plus the earlier turns of this user most similar to the current
+  message (embeddings through ``/v1/embeddings``, or word overlap where the endpoint has
+  none; see ``retrieval.py``) in the system prompt;
 - ``learned_kN``: starts from an EMPTY persona; the real PersonaCore optimizer updates it every
   N sessions (``persona.update_every = N``), so later sessions use what was learned.
 
 For each condition and persona a PersonaCore with its own SQLite file runs the persona's scenes
-in file order, one session each. The first user turn is the scene's neutralized query; the user
-simulator writes the follow-ups and decides when it is satisfied (at most ``max_turns`` user
-utterances). The scene's ``available_apis`` are offered as tools (``PersonaCore.extra_tools``) for
-that session and answered by the tool simulator. The judge scores the FIRST response of each
-session. Every finished session is appended to ``items.jsonl`` and skipped on a rerun.
+in file order, one session each, the core opened for the session and closed after it
+(``state.py`` keeps the file in step with ``items.jsonl``). The first user turn is the
+scene's neutralized query; after each reply the satisfaction check decides whether the user
+is satisfied and, if not (and fewer than ``max_turns`` user messages were sent), the
+follow-up writer, which never sees the expected response, writes the next user message
+(``simulator.py``). The chatbot gets the scene description as ``[bench] chatbot_scene`` says.
+The scene's ``available_apis`` are offered as tools (``PersonaCore.extra_tools``) for that
+session and answered by the tool simulator (API spec, arguments and scene context only). The
+judge scores the FIRST response of each session; after the session (and the persona update
+it may trigger, retried up to ``update_retries`` times) the persona is compared with the
+golden one by the similarity judge (0-10) and by lexical overlap (0-1).
+
+Every finished session is appended to ``items.jsonl`` and skipped on a rerun; an interrupted
+session is discarded (its tokens are still counted) and rerun from its start. A rerun with
+other settings is refused (``manifest.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import sys
@@ -30,65 +41,41 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aipersona.core import Config, Edit, Identity, PersonaCore, Tool, ToolContext, flatten, hookimpl
+from aipersona.core import Config, Edit, Identity, PersonaCore, Tool, ToolContext, flatten
 
 from . import report
-from .data import BenchPersona, Scene, append_jsonl, load_personas, prepare_dir, read_jsonl
-from .generate import shared_dir
-from .metrics import persona_similarity, tokens, utterances_to_satisfaction
-from .roles import (
-    CHATBOT_PROMPT,
-    RAG_PREAMBLE,
-    ModelPool,
-    judge_response,
-    simulate_tool,
-    simulate_user,
+from .clients import ModelPool, SessionMeter, metering, usage_label
+from .data import (
+    BenchPersona,
+    DataError,
+    Scene,
+    append_jsonl,
+    load_personas,
+    prepare_dir,
+    read_jsonl,
 )
-from .settings import BenchSettings, RoleSettings, load_bench, parse_learned, public_config
+from .generate import shared_dir
+from .judge import Similarity, judge_response, judge_similarity
+from .manifest import check_and_record, data_fingerprint, fingerprint, public_config
+from .metrics import lexical_similarity
+from .retrieval import Retriever, SessionPrompt, resolve_retriever
+from .roles import CHATBOT_PROMPT
+from .settings import BenchSettings, RoleSettings, load_bench, parse_learned
+from .simulator import SimulatedUser
+from .state import JobState
+from .tool_simulator import simulate_tool
 
 log = logging.getLogger(__name__)
 
 PERSONA_TOOLS = ("persona",)  # the built-in persona tool (all its ops)
 ITEMS_FILE = "items.jsonl"
+USAGE_FILE = "usage.jsonl"
+DISCARDED_FILE = "discarded.jsonl"
+RUNS_FILE = "runs.jsonl"
+EVAL_ROLES = ("chatbot", "simulator", "judge", "tool_simulator")
 _TOOL_NAME_RE = re.compile(r"[^A-Za-z0-9_-]")
 
-
-# -- the conversation-RAG baseline --------------------------------------------------------------
-
-
-def retrieve(query: str, turns: list[dict[str, Any]], top_k: int) -> list[dict[str, Any]]:
-    """The ``top_k`` past turns with the most query tokens in common (ties: most recent first),
-    returned in chronological order. Turns sharing no token are never returned."""
-    q = tokens(query)
-    scored = []
-    for pos, turn in enumerate(turns):
-        overlap = len(q & tokens(f"{turn.get('user', '')} {turn.get('assistant', '')}"))
-        if overlap:
-            scored.append((overlap, pos))
-    best = sorted(scored, key=lambda sp: (-sp[0], -sp[1]))[:top_k]
-    return [turns[pos] for _, pos in sorted(best, key=lambda sp: sp[1])]
-
-
-class RagPlugin:
-    """Adds the retrieved past turns of the current user to the chatbot's system prompt."""
-
-    def __init__(self, top_k: int) -> None:
-        self.top_k = top_k
-        self.turns: list[dict[str, Any]] = []
-        self.query = ""
-
-    @hookimpl
-    def aipersona_build_prompt(self, persona: Any, context: ToolContext) -> str | None:
-        hits = retrieve(self.query, self.turns, self.top_k)
-        if not hits:
-            return None
-        lines = [RAG_PREAMBLE]
-        for hit in hits:
-            lines.append(f"- user: {hit['user']}\n  assistant: {hit['assistant']}")
-        return "\n".join(lines)
-
-
-# -- one (condition, persona) job ---------------------------------------------------------------
+Key = tuple[str, str, int]
 
 
 @dataclass
@@ -98,27 +85,31 @@ class RunContext:
     base_config: Config
     pool: ModelPool
     out: Path
-    done: set[tuple[str, str, int]] = field(default_factory=set)
-    previous: dict[tuple[str, str, int], dict[str, Any]] = field(default_factory=dict)
+    run_id: str
+    previous: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    retriever: Retriever | None = None
     progress: Callable[[], None] = lambda: None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
+    def flush_usage(self) -> None:
+        """Append the calls and tokens since the last flush to ``usage.jsonl``."""
+        rows = self.pool.take_usage()
+        if rows:
+            append_jsonl(self.out / USAGE_FILE, [{"run": self.run_id, **r} for r in rows])
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:80] or "x"
 
-
-def core_config(ctx: RunContext, condition: str, persona_id: str) -> Config:
+def core_config(ctx: RunContext, condition: str, db: Path) -> Config:
     """The chatbot's Config for one (condition, persona): own database, chatbot model."""
     cfg = ctx.base_config.model_copy(deep=True)
     cfg.llm = ctx.roles["chatbot"].llm.model_copy(deep=True)
     if ctx.pool.is_local("chatbot"):
         cfg.llm.tools = False  # the embedded 135M model cannot call tools
-    db = ctx.out / "state" / _safe(condition) / f"{_safe(persona_id)}.db"
-    db.parent.mkdir(parents=True, exist_ok=True)
     cfg.database.path = str(db)
+    cfg.database.url = ""
     k = parse_learned(condition)
     cfg.persona.update_every = k if k is not None else 1_000_000
+    # the first attempt plus the bench's own retries; then the update counts as failed
+    cfg.persona.max_update_attempts = 1 + ctx.settings.update_retries
     cfg.sessions.idle_minutes = 10.0**7
     cfg.sessions.history_messages = max(cfg.sessions.history_messages, 2 * ctx.settings.max_turns)
     cfg.chat.system_prompt = ctx.settings.chatbot_prompt or CHATBOT_PROMPT
@@ -130,9 +121,17 @@ def core_config(ctx: RunContext, condition: str, persona_id: str) -> Config:
     return cfg
 
 
-def scene_tools(
-    ctx: RunContext, persona: BenchPersona, scene: Scene, taken: set[str]
-) -> list[Tool]:
+def shows_scene(policy: str, scene: Scene) -> bool:
+    """Does the chatbot get the scene description? "paper": as the released code, which puts
+    it into the prompt together with the scene's APIs, so only for scenes that have APIs."""
+    if policy == "always":
+        return bool(scene.scene_desc)
+    if policy == "paper":
+        return bool(scene.scene_desc and scene.available_apis)
+    return False
+
+
+def scene_tools(ctx: RunContext, scene: Scene, taken: set[str]) -> list[Tool]:
     out: list[Tool] = []
     timeout = ctx.roles["tool_simulator"].llm.timeout_seconds * 2 + 5
     for raw_name, spec in scene.available_apis.items():
@@ -158,8 +157,7 @@ def scene_tools(
                 _name,
                 _spec,
                 arguments,
-                persona=persona.persona,
-                scene=scene,
+                scene_context=scene.scene_context,
                 max_tokens=ctx.settings.tool_max_tokens,
             )
 
@@ -168,24 +166,96 @@ def scene_tools(
     return out
 
 
+# -- one (condition, persona) job ---------------------------------------------------------------
+
+
+@dataclass
+class JobMemory:
+    """What a job carries from session to session (rebuilt from items on resume)."""
+
+    rag_turns: list[dict[str, Any]] = field(default_factory=list)
+    judged_persona: str | None = None  # the persona the similarity below was judged for
+    judged: Similarity | None = None
+
+
+def _done_prefix(ctx: RunContext, condition: str, persona: BenchPersona) -> int:
+    done = 0
+    while done < len(persona.scenes) and (condition, persona.id, done) in ctx.previous:
+        done += 1
+    return done
+
+
+def _memory(ctx: RunContext, condition: str, persona: BenchPersona, upto: int) -> JobMemory:
+    memory = JobMemory()
+    for i in range(upto):
+        item = ctx.previous[(condition, persona.id, i)]
+        memory.rag_turns += _turns(item.get("dialogue") or [], i)
+        if item.get("similarity") is not None:
+            memory.judged_persona = _persona_key(item.get("persona") or {})
+            memory.judged = Similarity(
+                item["similarity"],
+                item.get("similarity_fields") or {},
+                item.get("similarity_reason") or "",
+                item.get("similarity_method") or "llm_judge",
+            )
+    return memory
+
+
 async def run_job(ctx: RunContext, condition: str, persona: BenchPersona) -> None:
-    pending = [i for i in range(len(persona.scenes)) if (condition, persona.id, i) not in ctx.done]
-    if not pending:
+    done = _done_prefix(ctx, condition, persona)
+    if done == len(persona.scenes):
         return
-    rag = RagPlugin(ctx.settings.rag_top_k) if condition == "rag" else None
-    if rag is not None:  # earlier sessions of an interrupted run
-        for i in range(len(persona.scenes)):
-            prev = ctx.previous.get((condition, persona.id, i))
-            if prev is not None:
-                rag.turns += _turns(prev.get("dialogue") or [], i)
-    ident = Identity("bench", persona.id, persona.name)
-    cfg = core_config(ctx, condition, persona.id)
-    core = PersonaCore(cfg, plugins=[rag] if rag else [], llm=ctx.pool["chatbot"])
+    state = JobState(ctx.out, condition, persona.id)
+    start, _ = state.prepare(done)
+    memory = _memory(ctx, condition, persona, start)
+    for index in range(start, len(persona.scenes)):
+        state.before_session(index)
+        meter = SessionMeter()
+        try:
+            with metering(meter):
+                item = await run_one(ctx, condition, persona, index, state.db, memory, meter)
+        except BaseException as exc:
+            reason = "interrupted" if isinstance(exc, asyncio.CancelledError) else repr(exc)
+            append_jsonl(
+                ctx.out / DISCARDED_FILE,
+                [
+                    {
+                        "run": ctx.run_id,
+                        "condition": condition,
+                        "persona_id": persona.id,
+                        "scene_index": index,
+                        "reason": reason[:300],
+                        "tokens": meter.as_dict(),
+                        "at": time.time(),
+                    }
+                ],
+            )
+            raise
+        state.after_session(index)
+        async with ctx.lock:
+            append_jsonl(ctx.out / ITEMS_FILE, [item])
+            ctx.previous[(condition, persona.id, index)] = item
+            ctx.flush_usage()
+        ctx.progress()
+
+
+async def run_one(
+    ctx: RunContext,
+    condition: str,
+    persona: BenchPersona,
+    index: int,
+    db: Path,
+    memory: JobMemory,
+    meter: SessionMeter,
+) -> dict[str, Any]:
+    """One session on a freshly opened core, then the update and the persona measured."""
+    prompt = SessionPrompt()
+    core = PersonaCore(core_config(ctx, condition, db), plugins=[prompt], llm=ctx.pool["chatbot"])
+    ident = Identity("bench", persona.id)  # no display name: it is the golden persona's Name
     await core.start(sweep=False)
     try:
-        await core.wait_for_updates()
         rejected: list[str] = []
-        if condition == "golden_persona":
+        if condition == "golden_persona" and index == 0:
             edits = [
                 Edit(name, "set", value, "golden persona")
                 for name, value in flatten(persona.persona).items()
@@ -193,16 +263,84 @@ async def run_job(ctx: RunContext, condition: str, persona: BenchPersona) -> Non
             ]
             _, rej = await core.edit_persona(ident, edits, source="bench")
             rejected = [r.reason for r in rej]
-        for index in pending:
-            item = await run_session(ctx, core, condition, persona, index, ident, rag)
-            if rejected:
-                item["persona_rejected"] = rejected
-            async with ctx.lock:
-                append_jsonl(ctx.out / ITEMS_FILE, [item])
-                ctx.done.add((condition, persona.id, index))
-            ctx.progress()
+        item = await run_session(ctx, core, condition, persona, index, ident, prompt, memory, meter)
+        if rejected:
+            item["persona_rejected"] = rejected
+        item["persona_update"] = await settle_updates(ctx, core, ident)
+        learned = await core.persona(ident)
     finally:
         await core.close()
+    learned_nested = learned.nested() if learned is not None else {}
+    key = _persona_key(learned_nested)
+    if memory.judged is not None and memory.judged_persona == key:
+        similarity = memory.judged  # the persona did not change: same score, no call
+    else:
+        with usage_label("similarity_judge"):
+            similarity = await judge_similarity(
+                ctx.pool["judge"],
+                learned_nested,
+                persona.persona,
+                max_tokens=ctx.settings.similarity_max_tokens,
+            )
+        if similarity.error is None:
+            memory.judged_persona, memory.judged = key, similarity
+    if similarity.error:
+        item["errors"].append(f"similarity judge: {similarity.error}")
+    lexical, per_field = lexical_similarity(learned_nested, persona.persona)
+    item.update(
+        {
+            "similarity": similarity.overall,
+            "similarity_fields": similarity.fields,
+            "similarity_reason": similarity.reason,
+            "similarity_method": similarity.method,
+            "lexical_similarity": round(lexical, 6),
+            "lexical_fields": {k: round(v, 4) for k, v in per_field.items()},
+            "persona": learned_nested,
+            "tokens": meter.as_dict(),
+        }
+    )
+    return item
+
+
+def _persona_key(persona: dict[str, Any]) -> str:
+    return json.dumps(persona, ensure_ascii=False, sort_keys=True)
+
+
+async def settle_updates(
+    ctx: RunContext, core: PersonaCore, ident: Identity
+) -> dict[str, Any] | None:
+    """Let the persona update this session scheduled (if any) finish; retry a failed one up
+    to ``update_retries`` times. The result is recorded on the item: a failed update is
+    counted in the report, and the persona is measured without it."""
+    await core.wait_for_updates()
+    for _ in range(ctx.settings.update_retries):
+        if _this_update(await core.export(ident)).get("status") != "pending":
+            break
+        await core.run_pending_updates()
+    update = _this_update(await core.export(ident))
+    if not update:
+        return None
+    status = update.get("status")
+    return {
+        "id": update.get("id"),
+        "status": status,
+        "attempts": update.get("attempts"),
+        "error": update.get("error") if status != "done" else None,
+        "failed": status != "done",
+    }
+
+
+def _this_update(export: dict[str, Any] | None) -> dict[str, Any]:
+    """The update scheduled when the latest session ended ({} when none was)."""
+    if not export or not export.get("sessions"):
+        return {}
+    update_id = export["sessions"][-1].get("update_id")
+    if update_id is None:
+        return {}
+    for update in export.get("persona_updates") or []:
+        if update.get("id") == update_id:
+            return dict(update)
+    return {}
 
 
 def _turns(dialogue: list[dict[str, str]], session: int) -> list[dict[str, Any]]:
@@ -222,42 +360,51 @@ async def run_session(
     persona: BenchPersona,
     index: int,
     ident: Identity,
-    rag: RagPlugin | None,
+    prompt: SessionPrompt,
+    memory: JobMemory,
+    meter: SessionMeter,
 ) -> dict[str, Any]:
     settings = ctx.settings
     scene = persona.scenes[index]
     chat_id = f"scene-{index}"
     started = time.monotonic()
-    tools = scene_tools(ctx, persona, scene, core.tool_names())
+    prompt.scene = scene.scene_desc if shows_scene(settings.chatbot_scene, scene) else ""
+    tools = scene_tools(ctx, scene, core.tool_names())
     dialogue: list[dict[str, str]] = []
     tool_calls: list[dict[str, Any]] = []
+    retrievers: list[str] = []
     item: dict[str, Any] = {
         "condition": condition,
         "persona_id": persona.id,
         "scene_index": index,
         "scene_type": scene.scene_type,
         "first_query": scene.first_query,
+        "scene_shown": bool(prompt.scene),
     }
-    chat_tokens = {"prompt_tokens": 0, "completion_tokens": 0}
+    user = SimulatedUser(
+        ctx.pool["simulator"], persona.persona, scene, settings.lang, settings.simulator_max_tokens
+    )
     judge_task: asyncio.Task[Any] | None = None
     satisfied, user_turns, errors = False, 0, []
     text = scene.first_query
     try:
         with core.extra_tools(tools):  # this scene's simulated APIs, for this session
-            while text:
+            while True:
                 user_turns += 1
                 dialogue.append({"role": "user", "content": text})
-                if rag is not None:
-                    rag.query = text
+                if condition == "rag" and ctx.retriever is not None:
+                    prompt.retrieved, used = await ctx.retriever.top(
+                        text, memory.rag_turns, settings.rag_top_k
+                    )
+                    retrievers.append(used)
                 reply = await core.respond(ident, chat_id, text)
-                chat_tokens["prompt_tokens"] += reply.prompt_tokens
-                chat_tokens["completion_tokens"] += reply.completion_tokens
                 tool_calls += [
                     {"name": r.name, "arguments": r.arguments, "error": r.error}
                     for r in reply.tool_results
                 ]
                 if not reply.ok:
-                    errors.append(f"chatbot: {reply.error}")
+                    why = meter.errors.get("chatbot")
+                    errors.append(f"chatbot: {reply.error}" + (f" ({why})" if why else ""))
                     break
                 dialogue.append({"role": "assistant", "content": reply.text})
                 if judge_task is None:
@@ -272,23 +419,22 @@ async def run_session(
                             max_tokens=settings.judge_max_tokens,
                         )
                     )
-                verdict = await simulate_user(
-                    ctx.pool["simulator"],
-                    persona.persona,
-                    scene,
-                    dialogue,
-                    lang=settings.lang,
-                    max_tokens=settings.simulator_max_tokens,
-                )
+                verdict = await user.check(dialogue)
                 if verdict.error:
                     errors.append(f"simulator: {verdict.error}")
+                    break
                 if verdict.satisfied:
                     satisfied = True
                     item["satisfied_reason"] = verdict.reason
                     break
                 if user_turns >= settings.max_turns:
                     break
-                text = verdict.reply
+                follow = await user.follow_up(dialogue)
+                if follow.error:
+                    errors.append(f"simulator: {follow.error}")
+                    break
+                text = follow.message
+            item["helpfulness"] = item["personalization"] = None
             if judge_task is not None:
                 judgement = await judge_task
                 item["helpfulness"] = judgement.helpfulness
@@ -296,32 +442,25 @@ async def run_session(
                 item["judge_reason"] = judgement.reason
                 if judgement.error:
                     errors.append(f"judge: {judgement.error}")
-            else:
-                item["helpfulness"] = item["personalization"] = None
     finally:
         if judge_task is not None and not judge_task.done():
             judge_task.cancel()
     await core.end_session(ident, chat_id)
-    await core.wait_for_updates()
-    if rag is not None:
-        rag.turns += _turns(dialogue, index)
-    learned = await core.persona(ident)
-    learned_nested = learned.nested() if learned is not None else {}
-    similarity, per_field = persona_similarity(learned_nested, persona.persona)
+    memory.rag_turns += _turns(dialogue, index)
+    if retrievers:
+        fallbacks = [r for r in retrievers if r != ctx.retriever.label] if ctx.retriever else []
+        item["retriever"] = fallbacks[-1] if fallbacks else retrievers[0]
     item.update(
         {
             "user_turns": user_turns,
             "satisfied": satisfied,
-            # a session cut short by a failing chatbot or simulator has no utterance count
+            # the paper's rule: user messages sent (at most max_turns); none for a session
+            # cut short by a failing chatbot or simulator
             "utterances": None
             if any(e.startswith(("chatbot:", "simulator:")) for e in errors)
-            else utterances_to_satisfaction(user_turns, satisfied, settings.max_turns),
-            "persona_similarity": round(similarity, 6),
-            "persona_similarity_fields": {k: round(v, 4) for k, v in per_field.items()},
-            "persona": learned_nested,
+            else user_turns,
             "dialogue": dialogue,
             "tool_calls": tool_calls,
-            "chatbot_tokens": chat_tokens,
             "errors": errors,
             "seconds": round(time.monotonic() - started, 3),
         }
@@ -356,19 +495,37 @@ async def run_bench(config: Config, options: RunOptions) -> dict[str, Any]:
     conditions = settings.expanded_conditions()
     data_path = options.data or settings.data or str(shared_dir())
     personas = load_personas(data_path, limit=settings.personas, scenes=settings.scenes)
+    if not personas:
+        raise DataError(f"no personas in {data_path}")
     out = prepare_dir(options.out)
-    previous: dict[tuple[str, str, int], dict[str, Any]] = {}
+    previous: dict[Key, dict[str, Any]] = {}
     for item in read_jsonl(out / ITEMS_FILE):
         previous[(item["condition"], item["persona_id"], item["scene_index"])] = item
     pool = ModelPool(roles)
-    ctx = RunContext(settings, roles, config, pool, out, set(previous), previous)
+    needed: tuple[str, ...] = EVAL_ROLES
+    if "rag" in conditions and settings.rag_retriever != "word_overlap":
+        needed = (*EVAL_ROLES, "embedder")
+    check_and_record(
+        out,
+        fingerprint(settings, config, pool, needed),
+        data_fingerprint(personas),
+        has_items=bool(previous),
+    )
+    run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{time.time_ns() % 10**6:06d}"
+    ctx = RunContext(settings, roles, config, pool, out, run_id, previous)
     jobs = [(c, p) for p in personas for c in conditions]
-    total = sum(1 for c, p in jobs for i in range(len(p.scenes)) if (c, p.id, i) not in ctx.done)
+    total = sum(1 for c, p in jobs for i in range(len(p.scenes)) if (c, p.id, i) not in previous)
     started = time.time()
     failures: list[dict[str, str]] = []
-    if total:
-        await pool.start(("chatbot", "simulator", "judge", "tool_simulator"))
+    status = "interrupted"
+    models = {role: pool.describe(role) for role in needed}
     try:
+        if total:
+            await pool.start(needed)
+            if "rag" in conditions:
+                ctx.retriever = await resolve_retriever(
+                    settings.rag_retriever, pool["embedder"] if "embedder" in pool else None
+                )
         bar = _progress(total)
         ctx.progress = lambda: bar.update(1) if bar is not None else None
         sem = asyncio.Semaphore(settings.concurrency)
@@ -392,31 +549,39 @@ async def run_bench(config: Config, options: RunOptions) -> dict[str, Any]:
         finally:
             if bar is not None:
                 bar.close()
-        usage = pool.usage()
+        status = "complete" if not failures else "failed_jobs"
     finally:
+        ctx.flush_usage()  # an interrupted run's tokens count too
         await pool.close()
-    run_info = {
-        "started": started,
-        "seconds": round(time.time() - started, 3),
-        "new_items": total,
-        "failed_jobs": failures,
-        "usage": usage,
-    }
-    append_jsonl(out / "runs.jsonl", [run_info])
+        append_jsonl(
+            out / RUNS_FILE,
+            [
+                {
+                    "run": run_id,
+                    "started": started,
+                    "seconds": round(time.time() - started, 3),
+                    "status": status,
+                    "new_items": total,
+                    "failed_jobs": failures,
+                    "models": models,
+                    "retriever": ctx.retriever.label if ctx.retriever else None,
+                }
+            ],
+        )
     keys = {(c, p.id, i) for c, p in jobs for i in range(len(p.scenes))}
-    items = [
-        i
-        for i in read_jsonl(out / ITEMS_FILE)
-        if (i["condition"], i["persona_id"], i["scene_index"]) in keys
-    ]
+    items = [item for key, item in ctx.previous.items() if key in keys]
     results = report.build_results(
         items=items,
         conditions=conditions,
         settings=settings,
-        public=public_config(settings, roles),
+        public=public_config(settings, roles, pool, needed),
+        models=models,
         data_path=str(data_path),
         personas=[p.id for p in personas],
-        runs=list(read_jsonl(out / "runs.jsonl")),
+        runs=list(read_jsonl(out / RUNS_FILE)),
+        usage=list(read_jsonl(out / USAGE_FILE)),
+        discarded=list(read_jsonl(out / DISCARDED_FILE)),
+        prices={role: r.price for role, r in roles.items()},
     )
     report.write_all(results, out)
     return results

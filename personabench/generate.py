@@ -17,6 +17,12 @@ finished item to its own file; a rerun skips what is already there.
    the neutralized query (persona traits stripped, task specifics kept). The final dataset,
    ``personabench.jsonl``, has the released format and loads with
    :func:`aipersona.personabench.data.load_personas`; ``dropped.jsonl`` lists what was dropped.
+
+A stage that ends with nothing (no persona, no scene, no query, no kept scene) is an error
+that names the reason (the last rejection, or the drop reasons), never an empty dataset and
+exit status 0. A prompt that does not fit the role's context window (``[llm.local] n_ctx`` for
+the embedded model, ``[bench.ROLE] context_window`` elsewhere) stops the stage at once and
+says by how much.
 """
 
 from __future__ import annotations
@@ -24,12 +30,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aipersona.core import (
+    AipersonaError,
     Config,
     FieldValidationError,
     LLMClient,
@@ -39,19 +48,40 @@ from aipersona.core import (
     nest,
 )
 
-from .data import BenchPersona, Scene, append_jsonl, load_seeds, prepare_dir, read_jsonl
-from .roles import ModelPool, dumps, lang_name, marker
+from .clients import ModelPool, WindowError
+from .data import (
+    BenchPersona,
+    DataError,
+    Scene,
+    append_jsonl,
+    load_seeds,
+    prepare_dir,
+    read_jsonl,
+)
+from .roles import dumps, lang_name, marker
 from .settings import BenchSettings, load_bench
 
 log = logging.getLogger(__name__)
 
 SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "personabench"
+DATA_ENV = "AIPERSONA_PERSONABENCH_DATA"
 FINAL_FILE = "personabench.jsonl"
 REQUIRED_FIELDS = ("Demographics.Name", "Demographics.Career_Information")
+WINDOW_HINT = (
+    "; fewer examples ([bench.generate] examples_per_prompt) or a smaller "
+    "[bench.generate] max_tokens also make it fit"
+)
+
+
+class GenerateError(AipersonaError, RuntimeError):
+    """A generation stage produced nothing, or its prompt does not fit the model."""
 
 
 def shared_dir() -> Path:
-    return SHARED_DIR
+    """The released PersonaBench data: ``$AIPERSONA_PERSONABENCH_DATA``, else
+    ``../shared/personabench`` next to the checkout."""
+    override = os.environ.get(DATA_ENV)
+    return Path(override).expanduser() if override else SHARED_DIR
 
 
 # -- persona schema --------------------------------------------------------------------------------
@@ -116,7 +146,7 @@ class Pipeline:
         self.schema = PersonaSchema.build()
         self.lang = lang_name(settings.lang)
         self.sem = asyncio.Semaphore(settings.concurrency)
-        self.calls = 0
+        self.problems: dict[str, str] = {}  # stage -> the last reason something was rejected
 
     @property
     def generator(self) -> LLMClient:
@@ -198,6 +228,7 @@ class Pipeline:
         out = list(done)
         index = len(done)
         failures = 0
+        last_problem = ""
         while len(out) < n:
             rng = random.Random(self.settings.seed * 100_003 + index * 7919 + failures)
             examples = rng.sample(seeds, min(self.gen.examples_per_prompt, len(seeds)))
@@ -222,10 +253,13 @@ class Pipeline:
                     problem = "; ".join(problems)
                 elif name in names or career in careers:
                     problem = f"duplicate name or career ({name} / {career})"
+            except WindowError as exc:
+                raise GenerateError(f"stage 2 (personas): {exc}{WINDOW_HINT}") from None
             except LLMError as exc:
                 problem = str(exc)
             if problem:
                 failures += 1
+                last_problem = problem
                 log.info("persona %d rejected: %s", index, problem)
                 if failures >= self.gen.max_attempts * max(1, n - len(done)):
                     log.warning("persona synthesis gave up after %d failures", failures)
@@ -243,6 +277,11 @@ class Pipeline:
             append_jsonl(path, [line])
             out.append(line)
             index += 1
+        if not out:
+            raise GenerateError(
+                f"stage 2 (personas) made no persona in {failures} attempt(s); the last was "
+                f"rejected because: {last_problem[:300]}"
+            )
         return out[:n]
 
     # stage 3 ----------------------------------------------------------------------------------
@@ -308,11 +347,15 @@ class Pipeline:
             try:
                 raw = await self._json("scene", instructions, user, self.SCENE_SCHEMA)
                 scene = Scene.from_json(raw)
-            except (LLMError, TypeError, KeyError) as exc:
+            except WindowError as exc:
+                raise GenerateError(f"stage 3 (scenes): {exc}{WINDOW_HINT}") from None
+            except (LLMError, TypeError, KeyError, DataError) as exc:
+                self.problems["scenes"] = str(exc)
                 log.info("scene rejected: %s", exc)
                 continue
             if scene.scene_type and scene.scene_desc and scene.expected_response:
                 return scene.to_json()
+            self.problems["scenes"] = "no scene_type, scene_desc or expected_response"
         return None
 
     async def stage_scenes(self, personas: list[dict[str, Any]]) -> None:
@@ -340,9 +383,16 @@ class Pipeline:
                     scene = await self._scene(p["persona"], brief, [])
                     if scene:
                         scenes.append(scene)
-                append_jsonl(path, [{"id": p["id"], "scenes": scenes}])
+                if scenes:  # a persona without any scene is tried again on the next run
+                    append_jsonl(path, [{"id": p["id"], "scenes": scenes}])
 
-        await asyncio.gather(*(one(p) for p in personas if p["id"] not in done))
+        await _all(one(p) for p in personas if p["id"] not in done)
+        ids = {p["id"] for p in personas}
+        if not any(line["id"] in ids for line in read_jsonl(path)):
+            raise GenerateError(
+                "stage 3 (scenes) made no scene for any persona; the last was rejected "
+                f"because: {self.problems.get('scenes', 'unknown')[:300]}"
+            )
 
     # stage 4 ----------------------------------------------------------------------------------
 
@@ -376,16 +426,26 @@ class Pipeline:
                         raw = await self._json(
                             "query", instructions, user, schema, llm=self.pool["simulator"]
                         )
+                    except WindowError as exc:
+                        raise GenerateError(f"stage 4 (queries): {exc}") from None
                     except LLMError as exc:
+                        self.problems["queries"] = str(exc)
                         log.info("query generation failed: %s", exc)
                         return  # retried on the next run
                     query = str(raw.get("query") or "").strip() if isinstance(raw, dict) else ""
                     out.append({**scene, "personalized_query": query})
                 append_jsonl(path, [{"id": p["id"], "scenes": out}])
 
-        await asyncio.gather(
-            *(one(p) for p in personas if p["id"] not in done and p["id"] in scenes)
-        )
+        await _all(one(p) for p in personas if p["id"] not in done and p["id"] in scenes)
+        written = [
+            s.get("personalized_query")
+            for line in read_jsonl(path)
+            if line["id"] in scenes
+            for s in line["scenes"]
+        ]
+        if not any(written):
+            why = self.problems.get("queries") or "every query the user simulator wrote was empty"
+            raise GenerateError(f"stage 4 (queries) wrote no query; {why[:300]}")
 
     # stage 5 ----------------------------------------------------------------------------------
 
@@ -430,6 +490,8 @@ class Pipeline:
                     )
                     try:
                         raw = await self._json("filter", instructions, user, schema)
+                    except WindowError as exc:
+                        raise GenerateError(f"stage 5 (filter): {exc}") from None
                     except LLMError as exc:
                         log.info("filter failed: %s", exc)
                         return  # retried on the next run
@@ -458,9 +520,7 @@ class Pipeline:
                 ).to_json()
                 append_jsonl(path, [{**line, "dropped": dropped}])
 
-        await asyncio.gather(
-            *(one(p) for p in personas if p["id"] not in done and p["id"] in queries)
-        )
+        await _all(one(p) for p in personas if p["id"] not in done and p["id"] in queries)
         order = {p["id"]: n for n, p in enumerate(personas)}
         final = sorted(
             (line for line in read_jsonl(path) if line["id"] in order),
@@ -476,6 +536,12 @@ class Pipeline:
             if persona.scenes:
                 result.append(persona)
                 append_jsonl(final_path, [persona.to_json()])
+        if not result:
+            reasons = Counter(
+                str(d.get("reason") or "?")[:120] for line in final for d in line["dropped"]
+            )
+            shown = "; ".join(f"{r} ({n}x)" for r, n in reasons.most_common(3)) or "none given"
+            raise GenerateError(f"stage 5 (filter) kept no scene; drop reasons: {shown}")
         return result
 
 
@@ -494,27 +560,43 @@ async def generate(config: Config, options: GenerateOptions) -> dict[str, Any]:
     out = prepare_dir(options.out)
     shared = Path(options.shared) if options.shared else shared_dir()
     pool = ModelPool(roles)
-    await pool.start(("generator", "simulator"))
+    models = {role: pool.describe(role) for role in ("generator", "simulator")}
+    summary: dict[str, Any] = {"out": str(out), "lang": settings.lang, "models": models}
+    status = "interrupted"
     try:
+        await pool.start(("generator", "simulator"))
         pipe = Pipeline(settings, pool, out, shared)
         seeds = pipe.stage_seeds(options.seeds or gen.seeds or None)
         personas = await pipe.stage_personas(seeds, gen.n_personas)
         await pipe.stage_scenes(personas)
         await pipe.stage_queries(personas)
         final = await pipe.stage_filter(personas)
-        usage = pool.usage()
+        status = "complete"
+        summary.update(
+            {
+                "seeds": len(seeds),
+                "personas": len(personas),
+                "final_personas": len(final),
+                "scenes": sum(len(p.scenes) for p in final),
+                "dropped": len(list(read_jsonl(out / "dropped.jsonl"))),
+                "dataset": str(out / FINAL_FILE),
+            }
+        )
+    except GenerateError as exc:
+        status = f"failed: {exc}"
+        raise
     finally:
+        summary["usage"] = pool.take_usage()  # the tokens of a failed or interrupted run too
         await pool.close()
-    summary = {
-        "out": str(out),
-        "lang": settings.lang,
-        "seeds": len(seeds),
-        "personas": len(personas),
-        "final_personas": len(final),
-        "scenes": sum(len(p.scenes) for p in final),
-        "dropped": len(list(read_jsonl(out / "dropped.jsonl"))),
-        "usage": usage,
-        "dataset": str(out / FINAL_FILE),
-    }
-    append_jsonl(out / "generate_runs.jsonl", [summary])
+        append_jsonl(out / "generate_runs.jsonl", [{**summary, "status": status}])
     return summary
+
+
+async def _all(coros: Any) -> None:
+    """Run the coroutines together; the first error cancels the others and is raised."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            for coro in coros:
+                group.create_task(coro)
+    except* GenerateError as errors:
+        raise errors.exceptions[0] from None

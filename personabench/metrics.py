@@ -1,6 +1,12 @@
 """Metrics of the evaluation (AI PERSONA, Sec. 5), as plain functions.
 
-Persona similarity (learned vs golden), defined per field of the golden persona and averaged:
+**Persona similarity** (the Table-1 column) is judged by an LLM on 0-10 (``judge.py``): how
+well the learned persona describes the same person as the golden one, field by field and
+overall, by meaning and across languages. It is measured after every session; a condition's
+figure is the mean, over its personas, of the score after the persona's last session.
+
+**Lexical overlap** (a cheap secondary column, 0-1) compares wording, not meaning, per field
+of the golden persona, averaged:
 
 - ``Demographics.Age`` and other integers, MBTI letters and other enums: exact match, 1 or 0;
 - free text: Jaccard overlap of token sets. Tokens are lower-cased runs of Latin letters and
@@ -12,12 +18,15 @@ Persona similarity (learned vs golden), defined per field of the golden persona 
   persona are ignored (the golden persona is the reference). The mean is taken over the
   golden fields (flattened ``Category.Field`` names); an empty golden persona scores 1.
 
+It rewards the same language and phrasing: a correct English rendering of a Chinese persona
+scores near 0, and so does ``女性`` against ``女``.
+
 Rubric (the paper's): 10 fully, 7 mostly, 5 partly, 3 barely, 0 not at all; a judged number
 is snapped to the nearest rubric level.
 
-Utterances to satisfaction: the user utterances of a session up to and including the one
-after which the simulated user was satisfied; a session that never satisfied the user counts
-as ``max_turns + 1``.
+Utterances (the paper's rule, as its released code counts them): the number of user messages
+in the session, the neutralized query included; at most ``max_turns`` whether or not the user
+was satisfied (the satisfied rate is reported next to it).
 
 Win rate of condition A over B in a session group: per (persona, session) the combined score
 (helpfulness + personalization) of A vs B scores 1 for a win, 0.5 for a tie, 0 for a loss;
@@ -83,13 +92,13 @@ def field_similarity(learned: Any, golden: Any) -> float:
         g = golden if isinstance(golden, list) else [golden]
         p = learned if isinstance(learned, list) else [learned]
         return soft_set_f1(p, g)
-    g, p = str(golden).strip(), str(learned).strip()
-    if len(g) <= 1 and g.isalpha():  # enum letter (MBTI axis)
-        return float(g.casefold() == p.casefold())
-    return jaccard(p, g)
+    gold, mine = str(golden).strip(), str(learned).strip()
+    if len(gold) <= 1 and gold.isalpha():  # enum letter (MBTI axis)
+        return float(gold.casefold() == mine.casefold())
+    return jaccard(mine, gold)
 
 
-def persona_similarity(
+def lexical_similarity(
     learned: Mapping[str, Any], golden: Mapping[str, Any]
 ) -> tuple[float, dict[str, float]]:
     """(mean, per-field scores); both personas may be nested or flat."""
@@ -101,6 +110,23 @@ def persona_similarity(
         name: field_similarity(flat_learned.get(name), value) for name, value in flat_gold.items()
     }
     return sum(per.values()) / len(per), per
+
+
+def parse_score(value: Any, top: float = 10.0) -> float | None:
+    """A 0..``top`` score from a judge's JSON value or text ("7.5", "8/10"), clamped; None
+    when there is no number."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        number = float(value)
+    else:
+        match = _SCORE_RE.search(str(value))
+        if not match:
+            return None
+        number = float(match.group(1))
+    if math.isnan(number):
+        return None
+    return round(min(top, max(0.0, number)), 2)
 
 
 def snap_rubric(value: float) -> int:
@@ -126,10 +152,6 @@ def parse_labeled_scores(text: str) -> dict[str, int | None]:
         match = re.search(rf"{key}\W{{0,5}}(-?\d+(?:\.\d+)?)", text or "", re.IGNORECASE)
         out[key] = snap_rubric(float(match.group(1))) if match else None
     return out
-
-
-def utterances_to_satisfaction(user_turns: int, satisfied: bool, max_turns: int) -> int:
-    return user_turns if satisfied else max_turns + 1
 
 
 def combined(item: Mapping[str, Any]) -> float | None:
@@ -179,18 +201,56 @@ def mean(values: Iterable[float | None]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
-def summarize(items: Sequence[Mapping[str, Any]]) -> dict[str, float | int | None]:
-    """One row of the Table-1-shaped summary for one condition's items."""
-    by_persona: dict[str, Mapping[str, Any]] = {}
+def spread(values: Iterable[float | None]) -> dict[str, float | int | None]:
+    """Mean, sample standard deviation (None below two values) and n of the known values."""
+    vals = [float(v) for v in values if v is not None]
+    n = len(vals)
+    avg = sum(vals) / n if n else None
+    sd = None
+    if n >= 2 and avg is not None:
+        sd = math.sqrt(sum((v - avg) ** 2 for v in vals) / (n - 1))
+    return {"mean": avg, "sd": sd, "n": n}
+
+
+def judged(item: Mapping[str, Any]) -> bool:
+    return item.get("helpfulness") is not None and item.get("personalization") is not None
+
+
+def final_items(items: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The item of each persona's last session."""
+    last: dict[str, Mapping[str, Any]] = {}
     for item in items:
-        prev = by_persona.get(item["persona_id"])
+        prev = last.get(item["persona_id"])
         if prev is None or item["scene_index"] > prev["scene_index"]:
-            by_persona[item["persona_id"]] = item
+            last[item["persona_id"]] = item
+    return list(last.values())
+
+
+def update_failed(item: Mapping[str, Any]) -> bool:
+    return bool((item.get("persona_update") or {}).get("failed"))
+
+
+def summarize(items: Sequence[Mapping[str, Any]]) -> dict[str, float | int | None]:
+    """One row of the Table-1-shaped summary for one condition's items.
+
+    ``n`` counts the judged items (helpfulness and personalization both scored); ``sessions``
+    all items. Persona similarity and lexical overlap are means over personas of the value
+    after each persona's last session (``similarity_n`` personas had a judged value).
+    """
+    scored = [i for i in items if judged(i)]
+    finals = final_items(items)
     return {
-        "n": len(items),
-        "helpfulness": mean(i.get("helpfulness") for i in items),
-        "personalization": mean(i.get("personalization") for i in items),
+        "n": len(scored),
+        "sessions": len(items),
+        "helpfulness": mean(i["helpfulness"] for i in scored),
+        "personalization": mean(i["personalization"] for i in scored),
         "utterances": mean(i.get("utterances") for i in items),
-        "satisfied_rate": mean(float(bool(i.get("satisfied"))) for i in items),
-        "persona_similarity": mean(i.get("persona_similarity") for i in by_persona.values()),
+        "satisfied_rate": mean(
+            float(bool(i.get("satisfied"))) for i in items if i.get("utterances") is not None
+        ),
+        "persona_similarity": mean(i.get("similarity") for i in finals),
+        "similarity_n": sum(1 for i in finals if i.get("similarity") is not None),
+        "lexical_similarity": mean(i.get("lexical_similarity") for i in finals),
+        "failed_updates": sum(1 for i in items if update_failed(i)),
+        "with_errors": sum(1 for i in items if i.get("errors")),
     }

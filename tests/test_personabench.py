@@ -13,24 +13,25 @@ import pytest
 
 from aipersona.core import Config
 from aipersona.personabench.data import append_jsonl, load_personas, read_jsonl
-from aipersona.personabench.evaluate import RunOptions, retrieve, run_bench
-from aipersona.personabench.generate import GenerateOptions, generate, validate_persona
+from aipersona.personabench.evaluate import RunOptions, run_bench
+from aipersona.personabench.generate import GenerateOptions, generate, shared_dir, validate_persona
 from aipersona.personabench.metrics import (
     field_similarity,
     jaccard,
+    lexical_similarity,
     parse_labeled_scores,
     parse_rubric,
-    persona_similarity,
+    parse_score,
     soft_set_f1,
     summarize,
-    utterances_to_satisfaction,
     win_rate,
 )
+from aipersona.personabench.retrieval import retrieve
 from aipersona.personabench.settings import load_bench
 from tests.fakes.bench_script import BenchScript
 from tests.fakes.openai_server import FakeOpenAI
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "personabench"
+DATA = shared_dir()  # $AIPERSONA_PERSONABENCH_DATA, else ../shared/personabench
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="shared PersonaBench data missing")
 
 
@@ -108,7 +109,7 @@ def test_persona_similarity_hand_computed() -> None:
         "Personality": {"Extraversion_or_Introversion": "I"},
         "Preference": {"Preferred_Styles": "clear answers please"},
     }
-    score, per = persona_similarity(learned, golden)
+    score, per = lexical_similarity(learned, golden)
     # Age exact 1; Gender missing 0; Language: P = 1, R = 1/2 -> F1 2/3; E vs I 0;
     # Styles: {short, clear, answers} vs {clear, answers, please}: 2 / 4
     assert per == pytest.approx(
@@ -121,16 +122,16 @@ def test_persona_similarity_hand_computed() -> None:
         }
     )
     assert score == pytest.approx((1 + 0 + 2 / 3 + 0 + 0.5) / 5)
-    assert persona_similarity(golden, golden)[0] == 1.0
-    assert persona_similarity({}, golden)[0] == 0.0
+    assert lexical_similarity(golden, golden)[0] == 1.0
+    assert lexical_similarity({}, golden)[0] == 0.0
     # Chinese text compares by characters; flat and nested layouts are equivalent
     assert jaccard("数据分析师", "数据工程师") == pytest.approx(3 / 7)
     assert field_similarity("29", 29) == 1.0 and field_similarity("e", "E") == 1.0
     assert soft_set_f1(["a b"], ["a b", "c"]) == pytest.approx(2 / 3)
-    assert persona_similarity({"Demographics.Age": 29}, {"Demographics": {"Age": 29}})[0] == 1.0
+    assert lexical_similarity({"Demographics.Age": 29}, {"Demographics": {"Age": 29}})[0] == 1.0
 
 
-def test_rubric_parsing_and_utterances() -> None:
+def test_rubric_and_score_parsing() -> None:
     assert parse_rubric(7) == 7
     assert parse_rubric(6.8) == 7
     assert parse_rubric("Score: 4/10") == 3  # ties go to the lower level
@@ -142,8 +143,10 @@ def test_rubric_parsing_and_utterances() -> None:
         "helpfulness": 5,
         "personalization": 7,
     }
-    assert utterances_to_satisfaction(2, True, 3) == 2
-    assert utterances_to_satisfaction(3, False, 3) == 4
+    # the similarity judge's 0-10 scores keep their decimals and are clamped
+    assert parse_score(7.25) == 7.25 and parse_score("8/10") == 8.0
+    assert parse_score(11) == 10.0 and parse_score(-2) == 0.0
+    assert parse_score("none") is None and parse_score(False) is None
 
 
 def test_win_rate_and_summary_hand_computed() -> None:
@@ -156,7 +159,8 @@ def test_win_rate_and_summary_hand_computed() -> None:
             "personalization": p,
             "utterances": 1 + idx,
             "satisfied": idx == 0,
-            "persona_similarity": idx / 10,
+            "similarity": float(idx),
+            "lexical_similarity": idx / 10,
         }
 
     learned = [
@@ -173,11 +177,12 @@ def test_win_rate_and_summary_hand_computed() -> None:
         "all": {"win_rate": 0.5, "n": 3.0},
     }
     row = summarize(learned)
-    assert row["n"] == 4
+    assert row["n"] == 3 and row["sessions"] == 4  # n counts the judged items only
     assert row["helpfulness"] == pytest.approx((5 + 7 + 10) / 3)
     assert row["utterances"] == pytest.approx((1 + 2 + 3 + 1) / 4)
-    # persona similarity: last session of each persona (a: 0.2, b: 0.0)
-    assert row["persona_similarity"] == pytest.approx(0.1)
+    # persona similarity: last session of each persona (a: 2 and 0.2, b: 0 and 0.0)
+    assert row["persona_similarity"] == pytest.approx(1.0)
+    assert row["lexical_similarity"] == pytest.approx(0.1)
 
 
 def test_rag_retrieval_by_lexical_overlap() -> None:
@@ -304,14 +309,14 @@ async def test_evaluation_all_conditions_and_resume(scripted: Any, tmp_path: Pat
         # golden persona: personal answer, satisfied after the neutralized query
         g = by[("golden_persona", pid, 0)]
         assert (g["helpfulness"], g["personalization"], g["utterances"]) == (7, 10, 1)
-        assert g["persona_similarity"] == 1.0
+        assert g["similarity"] == 10.0 and g["lexical_similarity"] == 1.0
         assert g["dialogue"][0]["content"] == golden[pids.index(pid)].scenes[0].neutralized_query
-        # no persona: never satisfied within 3 turns -> 4
+        # no persona: never satisfied within 3 turns -> 3 utterances (the paper's rule)
         n = by[("no_persona", pid, 1)]
-        assert (n["personalization"], n["user_turns"], n["utterances"]) == (3, 3, 4)
+        assert (n["personalization"], n["user_turns"], n["utterances"]) == (3, 3, 3)
         assert [m["role"] for m in n["dialogue"]] == ["user", "assistant"] * 3
         assert n["dialogue"][2]["content"] == "please be more specific"
-        assert n["persona_similarity"] == 0.0
+        assert n["similarity"] == 0.0 and n["similarity_method"] == "empty"
         # learned k=1: empty in session 1, learned after it; k=3 never updates in 2 sessions
         assert by[("learned_k1", pid, 0)]["personalization"] == 3
         assert by[("learned_k1", pid, 1)]["personalization"] == 10
@@ -322,9 +327,11 @@ async def test_evaluation_all_conditions_and_resume(scripted: Any, tmp_path: Pat
     assert script.roles["optimizer"] == 2 * 2
     gold_fields = len([v for v in _flat(golden[0].persona).values() if v not in ("", [], None)])
     expected_sim = 1 / gold_fields  # only Nationality (中国 == 中国) matches
-    assert by[("learned_k1", pids[0], 1)]["persona_similarity"] == pytest.approx(
+    assert by[("learned_k1", pids[0], 1)]["lexical_similarity"] == pytest.approx(
         expected_sim, abs=1e-6
     )
+    # the scripted similarity judge scores the one recovered field 10, the others 0
+    assert by[("learned_k1", pids[0], 1)]["similarity"] == pytest.approx(10 * expected_sim, 0.01)
 
     # scene APIs were offered as OpenAI tools and answered by the tool simulator
     with_tools = [i for i in items if i["tool_calls"]]
@@ -341,24 +348,27 @@ async def test_evaluation_all_conditions_and_resume(scripted: Any, tmp_path: Pat
 
     summary = results["summary"]
     assert summary["golden_persona"]["personalization"] == 10.0
-    assert summary["no_persona"]["utterances"] == 4.0
-    assert summary["learned_k1"]["utterances"] == pytest.approx((4 + 1) / 2)
+    assert summary["no_persona"]["utterances"] == 3.0
+    assert summary["learned_k1"]["utterances"] == pytest.approx((3 + 1) / 2)
     wr = results["win_rates"]["learned_k1_vs_golden_persona"]
     assert wr["1-3"] == {"win_rate": 0.25, "n": 4.0}  # 2 losses, 2 ties
     assert results["usage"]["judge"]["calls"] == len(items)
+    # golden once per persona; learned_k1 once per persona (its persona changed once)
+    assert results["usage"]["similarity_judge"]["calls"] == 4
     assert results["usage"]["judge"]["cost_usd"] > 0 and results["cost_usd"] > 0
-    assert results["models"]["judge"] == "judge-model"
+    assert results["models"]["judge"]["model"] == "judge-model"
     assert "api_key" not in json.dumps(results["config"]).replace("api_key_env", "")
 
     saved = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert saved["summary"] == json.loads(json.dumps(summary))
     report = (out / "report.md").read_text(encoding="utf-8")
     assert (
-        "| Condition | Helpfulness | Personalization | Utterances ↓ | Persona similarity |"
-        in report
+        "| Condition | Helpfulness (0–10) ↑ | Personalization (0–10) ↑ | Utterances (1–3) ↓ "
+        "| Satisfied (0–1) ↑ | Persona similarity, LLM judge (0–10) ↑ | Lexical overlap (0–1) "
+        "| n (judged sessions) |" in report
     )
     for cond in conds:
-        assert f"| {cond} |" in report
+        assert f"| {cond} |" in report or f"| {cond} (retriever: " in report
     assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # resume: a complete run sends nothing
@@ -494,6 +504,10 @@ async def test_local_model_smoke(tmp_path: Path) -> None:
         assert item["user_turns"] == 1 and item["dialogue"][0]["role"] == "user"
         assert isinstance(item["persona"], dict)
     assert (out / "report.md").exists() and (out / "plot.png").exists()
+    # the model really used is named, not the [llm] default it replaced
+    assert results["models"]["chatbot"]["model"] == "smollm2-135m-instruct"
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert "= `smollm2-135m-instruct` (embedded llama_cpp.server" in report
 
 
 @needs_data
@@ -538,7 +552,7 @@ async def test_chatbot_failure_is_recorded_not_scored(scripted: Any, tmp_path: P
     )
     results = await run_bench(cfg, opts)
     (item,) = results["items"]
-    assert item["errors"] == ["chatbot: llm_unavailable"]
+    assert item["errors"] == ["chatbot: llm_unavailable (the model endpoint answered HTTP 500)"]
     assert item["helpfulness"] is None and item["utterances"] is None
     assert results["summary"]["no_persona"]["helpfulness"] is None
     assert "–" in (tmp_path / "err" / "report.md").read_text(encoding="utf-8")
@@ -550,5 +564,12 @@ def test_bench_example_config_loads() -> None:
 
     root = Path(__file__).resolve().parents[1]
     settings, roles = load_bench(Config.load(root / "bench.example.toml"))
-    assert set(roles) == {"chatbot", "simulator", "judge", "tool_simulator", "generator"}
+    assert set(roles) == {
+        "chatbot",
+        "simulator",
+        "judge",
+        "tool_simulator",
+        "generator",
+        "embedder",
+    }
     assert settings.k == [1, 3, 5]

@@ -6,11 +6,17 @@ Deterministic rules, so tests can compute the expected metrics by hand:
 - chatbot: if tools are offered and none was called yet in this turn, call the first tool;
   otherwise answer "PERSONAL answer" when the system prompt carries a persona, else "generic
   answer" (plus " [rag]" when retrieved turns are in the prompt);
-- simulator (evaluation): satisfied when the last assistant message contains "PERSONAL",
-  else asks for more;
-- judge: helpfulness 7; personalization 10 for a "PERSONAL" answer, else 3;
-- tool simulator: a fixed result;
-- optimizer: sets Demographics.Nationality to the value in ``learned_nationality``;
+- satisfaction check: satisfied when the last assistant message contains "PERSONAL";
+- follow-up writer: "please be more specific";
+- judge: helpfulness 7; personalization 10 for a "PERSONAL" answer, else 3 (``judge_garbage``
+  answers without scores that many times first);
+- similarity judge: per golden field 10 when the learned value means the same (equal, or
+  listed together in ``SYNONYMS``, across languages), else 0; overall = their mean;
+- tool simulator: a fixed result that ECHOES everything the simulator was shown, so whatever
+  reaches it reaches the chatbot too (the leak tests rely on this);
+- optimizer: sets ``learned`` (default Demographics.Nationality); ``optimizer_plan`` lists
+  "ok"/"fail" outcomes consumed call by call (a failure is HTTP 500);
+- ``hang(role, request)``: when it returns True the request hangs (to interrupt a run);
 - generator/simulator generation tasks: numbered personas (the first repeats a seed's name to
   exercise the dedupe), scenes, queries; the filter drops scenes whose type starts with
   "Specific".
@@ -21,18 +27,38 @@ from __future__ import annotations
 import itertools
 import json
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
-from tests.fakes.openai_server import Json, Tools, last_user_text, system_text
+from tests.fakes.openai_server import Error, Hang, Json, Tools, last_user_text, system_text
 
 EMPTY_PERSONA_MARK = "Nothing is known about this user yet."
 RAG_MARK = "Earlier conversation turns with this user"
+SYNONYMS = ({"中国", "china", "chinese"}, {"女", "女性", "female"}, {"男", "男性", "male"})
+
+
+def same_meaning(a: Any, b: Any) -> bool:
+    x, y = str(a).strip().lower(), str(b).strip().lower()
+    return x == y or any(x in group and y in group for group in SYNONYMS)
+
+
+def tagged_json(text: str, tag: str) -> Any:
+    return json.loads(text.split(f"<{tag}>", 1)[1].split(f"</{tag}>", 1)[0])
 
 
 class BenchScript:
-    def __init__(self, *, learned_nationality: str = "中国", duplicate_seed_name: str = "") -> None:
-        self.learned_nationality = learned_nationality
+    def __init__(
+        self,
+        *,
+        learned_nationality: str = "中国",
+        learned: dict[str, Any] | None = None,
+        duplicate_seed_name: str = "",
+    ) -> None:
+        self.learned = learned or {"Demographics.Nationality": learned_nationality}
         self.duplicate_seed_name = duplicate_seed_name
+        self.optimizer_plan: list[str] = []
+        self.judge_garbage = 0
+        self.hang: Callable[[str, dict[str, Any]], bool] = lambda role, req: False
         self.roles: Counter[str] = Counter()
         self._persona_no = itertools.count()
         self._scene_no = itertools.count()
@@ -52,6 +78,8 @@ class BenchScript:
     def __call__(self, req: dict[str, Any]) -> Any:
         role = self.role(req)
         self.roles[role] += 1
+        if self.hang(role, req):
+            return Hang(120)
         handler = getattr(self, "_" + role.replace("-", "_").replace(":", "__"), None)
         if handler is None:
             raise AssertionError(f"unrouted request: {system_text(req)[:200]!r}")
@@ -72,33 +100,48 @@ class BenchScript:
             text += " [rag]"
         return text
 
-    def _simulator(self, req: dict[str, Any]) -> Any:
+    def _satisfaction(self, req: dict[str, Any]) -> Any:
         dialogue = [
             json.loads(line) for line in last_user_text(req).split("\n") if line.startswith("{")
         ]
         last = next((m["text"] for m in reversed(dialogue) if m["role"] == "assistant"), "")
         if "PERSONAL" in last:
-            return Json({"satisfied": True, "reason": "tailored", "reply": ""})
-        return Json({"satisfied": False, "reason": "generic", "reply": "please be more specific"})
+            return Json({"satisfied": True, "reason": "tailored"})
+        return Json({"satisfied": False, "reason": "generic"})
+
+    def _follow_up(self, req: dict[str, Any]) -> Any:
+        return Json({"message": "please be more specific"})
 
     def _judge(self, req: dict[str, Any]) -> Any:
+        if self.judge_garbage > 0:
+            self.judge_garbage -= 1
+            return Json({"verdict": "fine"})
         response = last_user_text(req).split("<assistant_response>", 1)[1]
         personal = 10 if "PERSONAL" in response else 3
         return Json({"helpfulness": 7, "personalization": personal, "reason": "ok"})
 
+    def _similarity_judge(self, req: dict[str, Any]) -> Any:
+        text = last_user_text(req)
+        golden = tagged_json(text, "golden_persona")
+        learned = tagged_json(text, "learned_persona")
+        fields = {
+            name: 10 if name in learned and same_meaning(learned[name], value) else 0
+            for name, value in golden.items()
+        }
+        overall = sum(fields.values()) / len(fields)
+        return Json({"fields": fields, "overall": overall, "reason": "compared"})
+
     def _tool_simulator(self, req: dict[str, Any]) -> Any:
-        return '{"results": ["a fixed tool result"]}'
+        return json.dumps({"results": ["a fixed tool result"], "seen": last_user_text(req)})
 
     def _optimizer(self, req: dict[str, Any]) -> Any:
+        if self.optimizer_plan and self.optimizer_plan.pop(0) == "fail":
+            return Error(500)
         return Json(
             {
                 "updates": [
-                    {
-                        "field": "Demographics.Nationality",
-                        "op": "set",
-                        "value": self.learned_nationality,
-                        "evidence": "said so",
-                    }
+                    {"field": name, "op": "set", "value": value, "evidence": "said so"}
+                    for name, value in self.learned.items()
                 ]
             }
         )

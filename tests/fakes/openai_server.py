@@ -15,12 +15,18 @@ optimizer), so background optimizer calls never steal a chat reply. Script items
 
 With an empty script the defaults answer: chat echoes the last user message, json returns
 ``{"updates": []}``. Every request body is recorded in ``requests``.
+
+``/v1/embeddings`` answers with ``embed(text)`` per input (default: a hashed bag of words, so
+texts sharing words are close); ``embeddings_status`` set to an HTTP status (e.g. 404) makes
+it fail like an endpoint without embeddings. Its requests go to ``embedding_requests``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -80,6 +86,17 @@ class Raw:
 Item = Any
 
 
+EMBEDDING_DIM = 64
+
+
+def bag_of_words_vector(text: str) -> list[float]:
+    """A deterministic embedding: word (and CJK character) counts hashed into 64 slots."""
+    vec = [0.0] * EMBEDDING_DIM
+    for token in re.findall(r"[a-z0-9]+|[\u3400-\u9fff]", text.lower()):
+        vec[int(hashlib.sha1(token.encode()).hexdigest(), 16) % EMBEDDING_DIM] += 1.0
+    return vec
+
+
 def kind_of(request: dict[str, Any]) -> str:
     return "json" if request.get("response_format") else "chat"
 
@@ -107,6 +124,9 @@ class FakeOpenAI:
         )
         self.json_default: Callable[[dict[str, Any]], Item] = lambda req: Json({"updates": []})
         self.reject_json_schema = False
+        self.embed: Callable[[str], list[float]] = bag_of_words_vector
+        self.embeddings_status: int | None = None  # an HTTP error status for /v1/embeddings
+        self.embedding_requests: list[dict[str, Any]] = []
         self._runner: web.AppRunner | None = None
         self._counter = 0
         self.port = 0
@@ -131,6 +151,7 @@ class FakeOpenAI:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._completions)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/embeddings", self._embeddings)
         # a dropped connection cancels its handler, as a real server stops working on it
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
@@ -168,6 +189,31 @@ class FakeOpenAI:
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response(
             {"object": "list", "data": [{"id": self.model, "object": "model"}]}
+        )
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.embedding_requests.append(body)
+        if self.embeddings_status is not None:
+            return web.json_response(
+                {"error": {"message": "embeddings are not available here"}},
+                status=self.embeddings_status,
+            )
+        inputs = body.get("input")
+        texts = [inputs] if isinstance(inputs, str) else list(inputs or [])
+        return web.json_response(
+            {
+                "object": "list",
+                "model": body.get("model", self.model),
+                "data": [
+                    {"object": "embedding", "index": i, "embedding": self.embed(str(t))}
+                    for i, t in enumerate(texts)
+                ],
+                "usage": {
+                    "prompt_tokens": sum(len(str(t)) // 4 + 1 for t in texts),
+                    "total_tokens": sum(len(str(t)) // 4 + 1 for t in texts),
+                },
+            }
         )
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
