@@ -118,8 +118,7 @@ def persona_fields(persona: Persona | None) -> list[tuple[str, str]]:
     out = []
     for category, fields in persona.nested().items():
         for name, value in fields.items():
-            shown = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
-            out.append((f"{category}.{name}", shown))
+            out.append((f"{category}.{name}", texts.shown_value(value)))
     return out
 
 
